@@ -1,0 +1,95 @@
+"""Train one IMP level under Lightning's Trainer, resuming from the level's checkpoint if one exists."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from lottery.data import VisionDataModule
+from lottery.pruning import Mask
+from lottery.training import (
+    AtomicCheckpointIO,
+    LevelProgressBar,
+    MaskedClassifier,
+    ResumeCheckpoint,
+    RewindCapture,
+)
+
+log = logging.getLogger(__name__)
+# Lightning's per-Trainer banners (accelerator info, tips) repeat at every level; keep warnings only.
+logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
+@dataclass
+class LevelSpec:
+    """Everything that defines the training of one level (plain values, no config objects)."""
+
+    start_step: int
+    iterations: int
+    optimizer: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    milestones: tuple[int, ...]
+    gamma: float
+    eval_every: int
+    checkpoint_every: int
+    accelerator: str = "cpu"
+    devices: int = 1
+    deterministic: bool = True
+    progress_bar: bool = True
+
+
+def train_level(model: nn.Module, mask: Mask, datamodule: VisionDataModule, spec: LevelSpec, checkpoint: Path,
+                logger: Any = False, rewind: tuple[int, Any] | None = None, description: str = "train") -> MaskedClassifier:
+    """Train `model` (already holding the level's start weights) from `spec.start_step` to `spec.iterations`.
+
+    `rewind=(k, save)` calls `save(state_dict)` right after iteration k. Evaluation runs every
+    `spec.eval_every` iterations and once more at the end if the last one fell short of it.
+    """
+    module = MaskedClassifier(model, mask, spec.optimizer, spec.lr, spec.momentum, spec.weight_decay,
+                              list(spec.milestones), spec.gamma, spec.start_step)
+    datamodule.start_step, datamodule.iterations = spec.start_step, spec.iterations
+    callbacks: list[L.Callback] = []
+    if rewind is not None:
+        callbacks.append(RewindCapture(*rewind))
+    callbacks.append(ResumeCheckpoint(checkpoint, spec.checkpoint_every))
+    if spec.progress_bar:
+        callbacks.append(LevelProgressBar(description))
+    steps = spec.iterations - spec.start_step
+    trainer = L.Trainer(
+        accelerator=spec.accelerator, devices=spec.devices, max_steps=steps, max_epochs=-1,
+        val_check_interval=min(spec.eval_every, steps), check_val_every_n_epoch=None, num_sanity_val_steps=0,
+        logger=logger, callbacks=callbacks, enable_checkpointing=False, plugins=[AtomicCheckpointIO()],
+        deterministic=spec.deterministic, enable_progress_bar=spec.progress_bar, enable_model_summary=False,
+        log_every_n_steps=spec.eval_every, default_root_dir=str(checkpoint.parent),
+    )
+    if trainer.strategy.root_device.type != "cpu":
+        datamodule.to(trainer.strategy.root_device)  # small datasets live on the accelerator
+    resume = checkpoint if checkpoint.exists() else None
+    if resume:
+        log.info("Resuming from %s", resume)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    if not module.history or module.history[-1]["iteration"] != spec.iterations:
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    return module
+
+
+def early_stop(history: list[dict[str, float]]) -> dict[str, float] | None:
+    """The evaluation with the lowest validation loss (the first one, on ties)."""
+    with_val = [h for h in history if "val_loss" in h]
+    return min(with_val, key=lambda h: h["val_loss"]) if with_val else None
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every RNG Lightning and torch use; the data order and init have their own generators too."""
+    L.seed_everything(seed, workers=True, verbose=False)
+    torch.use_deterministic_algorithms(True, warn_only=True)

@@ -1,0 +1,69 @@
+"""Atomic file writes: write a temporary file in the target folder, fsync it, then rename over the target.
+
+A reader (or a resumed run) therefore sees either the old file or the complete new one, never a torn write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from lottery.errors import StoreError
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Call `write(file)` on a temporary file, then atomically move it to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def save_torch(obj: Any, path: str | Path) -> None:
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def save_json(obj: Any, path: str | Path) -> None:
+    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()))
+
+
+def save_text(text: str, path: str | Path) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def load_torch(path: str | Path) -> Any:
+    """torch.load that turns a corrupt or truncated file into a StoreError naming it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:
+        raise StoreError(f"{path} is corrupt or truncated ({type(err).__name__}); delete it to redo that step") from None
+
+
+def load_json(path: str | Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise StoreError(f"{path} is corrupt or truncated ({type(err).__name__}); delete it to redo that step") from None

@@ -1,0 +1,101 @@
+"""The run store: one folder per run, named by a stable hash of the result-changing part of its config.
+
+Layout of a run folder (every file written atomically):
+    config.yaml          the full resolved config of the first invocation
+    init.pt              θ0, the initial weights
+    rewind.pt            θk, the weights at the rewind point (only when rewinding to iteration/epoch k)
+    level_NN/mask.pt     the level's mask (parameter name -> bool tensor)
+    level_NN/start.pt    the weights the level started from (the ticket: θ0 ⊙ mask or θk ⊙ mask)
+    level_NN/last.ckpt   Lightning checkpoint for resuming a killed level (deleted when the level ends)
+    level_NN/final.pt    the trained weights
+    level_NN/metrics.json  the level's metrics; written last, so its presence marks the level done
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from lottery.errors import StoreError
+from lottery.tracking.atomic import save_text
+
+# Dotted keys that do not change results: logging, paths, progress bars and checkpoint cadence.
+HASH_EXCLUDED = ("name", "logger", "store", "progress_bar", "data.root", "data.download",
+                 "training.checkpoint_every")
+
+
+def hashable_config(cfg: DictConfig | dict) -> dict[str, Any]:
+    """The resolved config without the keys in HASH_EXCLUDED."""
+    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else json.loads(json.dumps(cfg))
+    data.pop("hydra", None)
+    for dotted in HASH_EXCLUDED:
+        *parents, leaf = dotted.split(".")
+        node = data
+        for key in parents:
+            node = node.get(key, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return data
+
+
+def config_hash(cfg: DictConfig | dict) -> str:
+    """A stable 12-hex-digit hash: sha256 of the canonical JSON of `hashable_config(cfg)`."""
+    canonical = json.dumps(hashable_config(cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+class RunStore:
+    """The folder of one run. Holding it takes an exclusive lock, so two processes never share a run."""
+
+    def __init__(self, root: str | Path, cfg: DictConfig, prefix: str = "run"):
+        self.hash = config_hash(cfg)
+        self.path = Path(root) / f"{prefix}_{self.hash}"
+        self.cfg = cfg
+        self._lock_file = None
+
+    def open(self) -> RunStore:
+        """Create the folder, take the lock and record the config (once)."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StoreError(f"cannot create the run folder {self.path} ({err.strerror}); set store.root to a "
+                             "writable folder") from None
+        if not os.access(self.path, os.W_OK):
+            raise StoreError(f"the run folder {self.path} is not writable; set store.root to a writable folder")
+        self._lock_file = open(self.path / ".lock", "w")  # noqa: SIM115  (held for the run's lifetime)
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            self._lock_file = None
+            raise StoreError(f"another process is running in {self.path}; wait for it to finish") from None
+        if not (self.path / "config.yaml").exists():
+            save_text(OmegaConf.to_yaml(self.cfg, resolve=True), self.path / "config.yaml")
+        return self
+
+    def close(self) -> None:
+        if self._lock_file is not None:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+
+    def __enter__(self) -> RunStore:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def level(self, level: int) -> Path:
+        return self.path / f"level_{level:02d}"
+
+    def level_done(self, level: int) -> bool:
+        return (self.level(level) / "metrics.json").exists()
