@@ -22,7 +22,8 @@ def tiny_config(family: str):
     if family == "opt":
         return transformers.OPTConfig(hidden_size=32, ffn_dim=64, word_embed_proj_dim=32, **common)
     if family == "gpt2":
-        return transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64)
+        return transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                       bos_token_id=0, eos_token_id=0)
     if family == "bert":
         return transformers.BertConfig(hidden_size=32, intermediate_size=64, **common)
     raise KeyError(family)

@@ -1,0 +1,73 @@
+"""Model adapters (blocks, layers, Conv1D layout, globs) and the running input statistics."""
+
+import pytest
+import torch
+from conftest import FAMILIES, tiny_model
+from transformers import T5Config, T5ForConditionalGeneration
+from transformers.pytorch_utils import Conv1D
+
+from lottery.llm import InputStats, find_blocks, find_layers, get_weight, set_weight
+from lottery.llm.adapters import LLAMA, sequential_groups
+
+EXPECTED = {  # family: (block path, prunable layers per block)
+    "llama": ("model.layers", 7), "mistral": ("model.layers", 7), "qwen2": ("model.layers", 7),
+    "opt": ("model.decoder.layers", 6), "gpt2": ("transformer.h", 4), "bert": ("bert.encoder.layer", 6),
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_blocks_and_layers_found_without_embeddings_or_head(family):
+    model = tiny_model(family)
+    path, blocks = find_blocks(model)
+    assert (path, len(blocks)) == (EXPECTED[family][0], 2)
+    layers = find_layers(blocks[0], f"{path}.0")
+    assert len(layers) == EXPECTED[family][1]
+    assert all(name.startswith(f"{path}.0.") for name in layers)
+    assert not any("embed" in name or "head" in name or "wte" in name for name in layers)
+
+
+def test_include_exclude_globs():
+    model = tiny_model("llama")
+    block = model.model.layers[1]
+    mlp = find_layers(block, "model.layers.1", include="*mlp*")
+    assert sorted(n.rsplit(".", 1)[1] for n in mlp) == ["down_proj", "gate_proj", "up_proj"]
+    attn = find_layers(block, "model.layers.1", exclude=["*mlp*", "*o_proj"])
+    assert sorted(n.rsplit(".", 1)[1] for n in attn) == ["k_proj", "q_proj", "v_proj"]
+
+
+def test_true_sequential_groups_order():
+    names = list(find_layers(tiny_model("llama").model.layers[0], "model.layers.0"))
+    groups = sequential_groups(LLAMA, names, "model.layers.0")
+    short = [[n.rsplit(".", 1)[1] for n in g] for g in groups]
+    assert short == [["q_proj", "k_proj", "v_proj"], ["o_proj"], ["gate_proj", "up_proj"], ["down_proj"]]
+
+
+def test_conv1d_weight_is_seen_as_out_by_in():
+    conv = Conv1D(nf=6, nx=4)  # 4 inputs -> 6 outputs, weight stored [4, 6]
+    x = torch.randn(3, 4)
+    W = get_weight(conv)
+    assert W.shape == (6, 4)
+    torch.testing.assert_close(x @ W.T + conv.bias, conv(x))  # W acts as y = W x
+    W_new = torch.zeros_like(W)
+    W_new[0, 0] = 1.0
+    set_weight(conv, W_new)
+    assert conv.weight.shape == (4, 6) and conv.weight[0, 0] == 1.0 and conv.weight.abs().sum() == 1.0
+
+
+def test_unsupported_architecture_is_a_clear_error():
+    t5 = T5ForConditionalGeneration(T5Config(vocab_size=32, d_model=8, d_kv=4, d_ff=16, num_layers=1, num_heads=2))
+    with pytest.raises(ValueError, match="unsupported architecture model_type='t5'"):
+        find_blocks(t5)
+
+
+def test_input_stats_running_average_equals_batch_formula():
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(2, 5, 8, generator=g), torch.randn(1, 5, 8, generator=g), torch.randn(3, 5, 8, generator=g)]
+    stats = InputStats(8)
+    for b in batches:
+        stats.add_batch(b)
+    X = torch.cat([b.reshape(-1, 8) for b in batches]).T.double()  # [d_in, tokens]
+    N = 6  # sequences, not tokens
+    assert stats.nsamples == N
+    torch.testing.assert_close(stats.H.double(), 2 / N * X @ X.T, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(stats.sq_norm.double(), (X**2).sum(1) / N, atol=1e-5, rtol=1e-5)
