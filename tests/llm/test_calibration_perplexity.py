@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import VOCAB, WIKITEXT, calib_ids, tiny_model
+from tiny_hf import VOCAB, WIKITEXT, calib_ids, tiny_model
 
 from lottery.llm import calibration_from_file, calibration_from_hub, perplexity, sample_segments
 from lottery.llm.calibration import load_text, tokenize_text

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import FAMILIES, calib_ids, tiny_model
+from tiny_hf import FAMILIES, calib_ids, tiny_model
 
 from lottery.llm import apply_masks, load_masks, load_pruned, prune_model, save_pruned
 

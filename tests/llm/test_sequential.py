@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from conftest import FAMILIES, calib_ids, tiny_model
+from tiny_hf import FAMILIES, calib_ids, tiny_model
 
 from lottery.llm import find_blocks, find_layers, get_weight, prune_model
 from lottery.pruning.nm import check_nm
