@@ -58,13 +58,13 @@ def train_level(model: nn.Module, mask: Mask, datamodule: VisionDataModule, spec
     module = MaskedClassifier(model, mask, spec.optimizer, spec.lr, spec.momentum, spec.weight_decay,
                               list(spec.milestones), spec.gamma, spec.start_step)
     datamodule.start_step, datamodule.iterations = spec.start_step, spec.iterations
+    steps = spec.iterations - spec.start_step
     callbacks: list[L.Callback] = []
     if rewind is not None:
         callbacks.append(RewindCapture(*rewind))
-    callbacks.append(ResumeCheckpoint(checkpoint, spec.checkpoint_every))
+    callbacks.append(ResumeCheckpoint(checkpoint, spec.checkpoint_every, min(spec.eval_every, steps)))
     if spec.progress_bar:
         callbacks.append(LevelProgressBar(description))
-    steps = spec.iterations - spec.start_step
     trainer = L.Trainer(
         accelerator=spec.accelerator, devices=spec.devices, max_steps=steps, max_epochs=-1,
         val_check_interval=min(spec.eval_every, steps), check_val_every_n_epoch=None, num_sanity_val_steps=0,
@@ -77,7 +77,7 @@ def train_level(model: nn.Module, mask: Mask, datamodule: VisionDataModule, spec
     resume = checkpoint if checkpoint.exists() else None
     if resume:
         log.info("Resuming from %s", resume)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     if not module.history or module.history[-1]["iteration"] != spec.iterations:
         trainer.validate(module, datamodule=datamodule, verbose=False)
     return module

@@ -20,13 +20,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class ResumeCheckpoint(L.Callback):
-    """Save the full training state to `path` every `every` optimizer steps (the resume point of a killed run)."""
+    """Save the full training state to `path` every `every` optimizer steps (the resume point of a killed run).
 
-    def __init__(self, path: str | Path, every: int):
-        self.path, self.every = Path(path), every
+    When an evaluation falls on the same step (every `val_every` steps), the save waits until it has run,
+    so the checkpoint holds that evaluation too and a resumed run does not lose it.
+    """
+
+    def __init__(self, path: str | Path, every: int, val_every: int):
+        self.path, self.every, self.val_every = Path(path), every, val_every
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if trainer.global_step % self.every == 0:
+        step = trainer.global_step
+        if step % self.every == 0 and step % self.val_every != 0:
+            trainer.save_checkpoint(self.path)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        step = trainer.global_step
+        if trainer.state.fn == "fit" and not trainer.sanity_checking and step % self.every == 0:
             trainer.save_checkpoint(self.path)
 
 

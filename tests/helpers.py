@@ -1,0 +1,28 @@
+"""Helpers shared by the tests: paths and config composition."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from lottery.config import register_configs
+
+REPO = Path(__file__).resolve().parent.parent
+CONF_DIR = str(REPO / "conf")
+SHARED_DATA = Path(os.environ.get("LOTTERY_TEST_DATA", REPO.parent / "shared" / "data"))
+
+register_configs()
+
+
+def make_config(overrides: list[str]) -> DictConfig:
+    """Compose conf/config.yaml with `overrides`, as `python -m lottery.run` would."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+# Small, fast settings for end-to-end runs on the real MNIST files.
+TINY = ["+exp=imp_lenet", "data.train_subset=1200", "data.eval_subset=500", "training.iterations=60",
+        "training.eval_every=20", "training.checkpoint_every=20", "progress_bar=false"]

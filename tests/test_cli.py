@@ -1,0 +1,75 @@
+"""`python -m lottery.run`: the main command end to end, and one-line errors with exit code 2 for bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from helpers import REPO, TINY
+
+from lottery.run import precheck
+
+
+def _cli(*args: str, cwd) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "lottery.run", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_main_command_runs_and_prints_summary(tmp_path, mnist_root) -> None:
+    result = _cli(*TINY, "imp.levels=1", "logger=none", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "% remaining" in result.stdout and "80.04" in result.stdout
+    runs = list((tmp_path / "runs").glob("imp_*"))
+    assert len(runs) == 1 and (runs[0] / "level_01" / "metrics.json").exists()
+
+
+BAD = [
+    ("pruning.rate=1.5", "pruning.rate"),
+    ("pruning.rate=-0.1", "pruning.rate"),
+    ("pruning.output_rate=1.0", "pruning.output_rate"),
+    ("imp.levels=-1", "imp.levels"),
+    ("model.name=resnet_9000", "model.name"),
+    ("data.name=imagenet", "data.name"),
+    ("imp.rewind=iteration imp.rewind_to=60000", "imp.rewind_to"),
+    ("imp.rewind=sideways", "imp.rewind"),
+    ("training.optimizer=rmsprop", "training.optimizer"),
+    ("imp.levels=abc", "imp.levels"),
+    ("+exp=no_such_experiment", "exp"),
+    ("model=no_such_model", "model"),
+    ("training.iterations=3zz", "training.iterations"),
+]
+
+
+def _args(override: str) -> list[str]:
+    return override.split() if override.startswith("+exp=") else ["+exp=imp_lenet", *override.split()]
+
+
+@pytest.mark.parametrize("override,needle", BAD)
+def test_precheck_names_the_bad_key_in_one_line(override: str, needle: str) -> None:
+    problem = precheck(_args(override))
+    assert problem is not None and needle in problem and "\n" not in problem, problem
+
+
+def test_precheck_accepts_good_commands() -> None:
+    assert precheck(["+exp=imp_lenet", "imp.levels=5", "training.iterations=2000", "seed=3"]) is None
+
+
+@pytest.mark.parametrize("override,needle", [BAD[0], BAD[8], BAD[10]])
+def test_bad_config_exits_2_with_one_line(tmp_path, override: str, needle: str) -> None:
+    result = _cli(*_args(override), cwd=tmp_path)
+    assert result.returncode == 2, (result.stdout[-500:], result.stderr[-1500:])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines
+    assert not (tmp_path / "runs").exists(), "a bad command left a folder behind"
+
+
+def test_missing_data_is_one_clear_line(tmp_path) -> None:
+    empty = tmp_path / "nodata"
+    result = _cli("+exp=imp_lenet", f"data.root={empty}", "data.download=false", cwd=tmp_path)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and str(empty / "MNIST" / "raw") in lines[0], lines
+    assert not list((tmp_path / "runs").glob("imp_*")), "missing data left a run folder behind"
