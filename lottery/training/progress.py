@@ -20,3 +20,8 @@ class LevelProgressBar(TQDMProgressBar):
 
     def init_validation_tqdm(self) -> Tqdm:
         return Tqdm(disable=True)
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)  # the logger's version string means nothing next to a level number
+        return metrics
