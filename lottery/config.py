@@ -58,6 +58,7 @@ class DataConfig:
     split_seed: int = 0
     train_subset: int | None = None  # use only the first N training examples (after the split)
     eval_subset: int | None = None  # use only the first N validation and test examples
+    augment: bool = False  # random crop (padding 4) + horizontal flip of training batches
 
 
 @dataclass

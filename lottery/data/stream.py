@@ -28,10 +28,12 @@ class BatchStream:
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, end: int,
-                 first: Callable[[], int] = lambda: 0):
+                 first: Callable[[], int] = lambda: 0,
+                 augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None):
         if len(x) < batch_size:
             raise ValueError(f"batch size {batch_size} exceeds the {len(x)} training examples")
         self.x, self.y, self.batch_size, self.seed, self.end, self.first = x, y, batch_size, seed, end, first
+        self.augment = augment
         self.steps_per_epoch = len(x) // batch_size
 
     def __len__(self) -> int:
@@ -45,7 +47,10 @@ class BatchStream:
                 order = epoch_permutation(len(self.x), self.seed, epoch).to(self.x.device)
             start = (i % self.steps_per_epoch) * self.batch_size
             idx = order[start:start + self.batch_size]
-            yield self.x[idx], self.y[idx]
+            x = self.x[idx]
+            if self.augment is not None:
+                x = self.augment(x, torch.Generator().manual_seed(self.seed * 1_000_003 + 7_919 * i + 1))
+            yield x, self.y[idx]
 
 
 class EvalBatches:

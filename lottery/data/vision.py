@@ -1,4 +1,4 @@
-"""MNIST-family datasets through torchvision, held in memory, as a LightningDataModule."""
+"""Vision datasets (MNIST, Fashion-MNIST, CIFAR-10, synthetic CIFAR) held in memory, as a LightningDataModule."""
 
 from __future__ import annotations
 
@@ -6,13 +6,16 @@ import gzip
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import lightning as L
 import torch
 from torchvision import datasets
 
+from lottery.data.augment import crop_flip
 from lottery.data.stream import BatchStream, EvalBatches
 from lottery.errors import DataError
 
@@ -25,18 +28,73 @@ DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 class DatasetInfo:
     """What a model and the config validator need to know about a dataset before loading it."""
 
-    torchvision_class: type
+    loader: Callable[[str, bool, bool], tuple[torch.Tensor, torch.Tensor]]  # (root, train, download) -> (x, y)
     folder: str
     input_shape: tuple[int, int, int]
     num_classes: int
     num_train: int
-    mean: float
-    std: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
 
 
+def _offline_error(name: str, where: Path, download: bool, err: BaseException | None = None) -> DataError:
+    if not download:
+        return DataError(f"{name} is not in {where}; put the files there, point data.root (or LOTTERY_DATA) "
+                         "at a folder that has them, or set data.download=true")
+    return DataError(f"{name} is not in {where} and downloading it failed ({type(err).__name__}); when offline, "
+                     f"copy the files into {where} or point data.root (or LOTTERY_DATA) at a folder that has them")
+
+
+def _torchvision(cls: type, name: str, folder: str, root: str, train: bool, download: bool) -> tuple:
+    """Load through torchvision, downloading only when allowed and needed; returns (uint8 images, int64 labels)."""
+    try:
+        ds = cls(root, train=train, download=False)
+    except RuntimeError:
+        if not download:
+            raise _offline_error(name, Path(root) / folder, download) from None
+        try:
+            ds = cls(root, train=train, download=True)
+        except Exception as err:  # torchvision raises several kinds (URLError, RuntimeError, OSError)
+            raise _offline_error(name, Path(root) / folder, download, err) from None
+    data, targets = ds.data, ds.targets
+    if not torch.is_tensor(data):  # CIFAR keeps numpy HWC images and a list of labels
+        data = torch.from_numpy(data).permute(0, 3, 1, 2).contiguous()
+        targets = torch.tensor(targets)
+    return data, targets.long()
+
+
+def _synthetic_cifar(root: str, train: bool, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Small CIFAR-shaped data (uint8 [N, 3, 32, 32], 10 classes) for tests and smoke runs, no files needed.
+
+    Each class is a fixed random prototype plus noise, so a network can learn it above chance.
+    """
+    g = torch.Generator().manual_seed(1234 if train else 4321)
+    prototypes = torch.rand(10, 3, 32, 32, generator=torch.Generator().manual_seed(99)) * 255
+    n = 1500 if train else 300
+    labels = torch.randint(0, 10, (n,), generator=g)
+    noise = torch.rand(n, 3, 32, 32, generator=g) * 255
+    return (0.35 * prototypes[labels] + 0.65 * noise).round().to(torch.uint8), labels
+
+
+def _mnist_family(cls: type, name: str, folder: str) -> Callable[[str, bool, bool], tuple]:
+    def load(root: str, train: bool, download: bool) -> tuple:
+        raw = Path(root) / folder / "raw"
+        if name == "fashion_mnist" and DEBIAN_FASHION_MNIST.is_dir() and not any(raw.glob("*-ubyte")):
+            _copy_debian_fashion_mnist(raw)
+        return _torchvision(cls, name, f"{folder}/raw", root, train, download)
+
+    return load
+
+
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 DATASETS: dict[str, DatasetInfo] = {
-    "mnist": DatasetInfo(datasets.MNIST, "MNIST", (1, 28, 28), 10, 60000, 0.1307, 0.3081),
-    "fashion_mnist": DatasetInfo(datasets.FashionMNIST, "FashionMNIST", (1, 28, 28), 10, 60000, 0.2860, 0.3530),
+    "mnist": DatasetInfo(_mnist_family(datasets.MNIST, "mnist", "MNIST"), "MNIST/raw", (1, 28, 28), 10, 60000,
+                         (0.1307,), (0.3081,)),
+    "fashion_mnist": DatasetInfo(_mnist_family(datasets.FashionMNIST, "fashion_mnist", "FashionMNIST"),
+                                 "FashionMNIST/raw", (1, 28, 28), 10, 60000, (0.2860,), (0.3530,)),
+    "cifar10": DatasetInfo(partial(_torchvision, datasets.CIFAR10, "cifar10", "cifar-10-batches-py"),
+                           "cifar-10-batches-py", (3, 32, 32), 10, 50000, CIFAR_MEAN, CIFAR_STD),
+    "synthetic_cifar": DatasetInfo(_synthetic_cifar, "", (3, 32, 32), 10, 1500, CIFAR_MEAN, CIFAR_STD),
 }
 
 
@@ -55,27 +113,8 @@ def _copy_debian_fashion_mnist(raw: Path) -> None:
 
 
 def load_split(name: str, root: str, train: bool, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Load one split as (uint8 images [N, H, W], int64 labels), downloading only if allowed and needed."""
-    info = DATASETS[name]
-    raw = Path(root) / info.folder / "raw"
-    if name == "fashion_mnist" and DEBIAN_FASHION_MNIST.is_dir() and not any(raw.glob("*-ubyte")):
-        _copy_debian_fashion_mnist(raw)
-    try:
-        ds = info.torchvision_class(root, train=train, download=False)
-    except RuntimeError:
-        if not download:
-            raise DataError(
-                f"{name} is not in {raw}; put the raw IDX files there, point data.root (or LOTTERY_DATA) "
-                "at a folder that has them, or set data.download=true"
-            ) from None
-        try:
-            ds = info.torchvision_class(root, train=train, download=True)
-        except Exception as err:  # torchvision raises several kinds (URLError, RuntimeError, OSError)
-            raise DataError(
-                f"{name} is not in {raw} and downloading it failed ({type(err).__name__}); when offline, copy the "
-                f"raw IDX files into {raw} or point data.root (or LOTTERY_DATA) at a folder that has them"
-            ) from None
-    return ds.data, ds.targets
+    """Load one split as (uint8 images [N, C, H, W] or [N, H, W], int64 labels)."""
+    return DATASETS[name].loader(root, train, download)
 
 
 class VisionDataModule(L.LightningDataModule):
@@ -87,7 +126,8 @@ class VisionDataModule(L.LightningDataModule):
 
     def __init__(self, name: str, root: str, download: bool = True, val_size: int = 5000, split_seed: int = 0,
                  train_subset: int | None = None, eval_subset: int | None = None, batch_size: int = 60,
-                 seed: int = 0, iterations: int = 1, start_step: int = 0, eval_batch_size: int = 1000):
+                 seed: int = 0, iterations: int = 1, start_step: int = 0, eval_batch_size: int = 1000,
+                 augment: bool = False):
         super().__init__()
         if name not in DATASETS:
             raise DataError(f"data.name={name!r} is unknown; choose one of {', '.join(sorted(DATASETS))}")
@@ -96,7 +136,7 @@ class VisionDataModule(L.LightningDataModule):
         self.val_size, self.split_seed = val_size, split_seed
         self.train_subset, self.eval_subset = train_subset, eval_subset
         self.batch_size, self.seed, self.eval_batch_size = batch_size, seed, eval_batch_size
-        self.iterations, self.start_step = iterations, start_step
+        self.iterations, self.start_step, self.augment = iterations, start_step, augment
         self.device = torch.device("cpu")
         self.tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -111,8 +151,10 @@ class VisionDataModule(L.LightningDataModule):
         return self.num_train // self.batch_size
 
     def _normalize(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float().div_(255.0).sub_(self.info.mean).div_(self.info.std)
-        return x.unsqueeze(1) if x.dim() == 3 else x
+        x = images.float().div_(255.0)
+        x = x.unsqueeze(1) if x.dim() == 3 else x
+        mean, std = torch.tensor(self.info.mean).view(1, -1, 1, 1), torch.tensor(self.info.std).view(1, -1, 1, 1)
+        return (x - mean) / std
 
     def setup(self, stage: str | None = None) -> None:
         if self.tensors:
@@ -142,8 +184,12 @@ class VisionDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> BatchStream:
         x, y = self.tensors["train"]
+        augment = None
+        if self.augment:
+            black = -torch.tensor(self.info.mean) / torch.tensor(self.info.std)
+            augment = partial(crop_flip, padding=4, fill=black)
         return BatchStream(x, y, self.batch_size, self.seed, end=self.iterations,
-                           first=lambda: self.start_step + self._global_step())
+                           first=lambda: self.start_step + self._global_step(), augment=augment)
 
     def val_dataloader(self) -> list[EvalBatches]:
         """Two loaders: index 0 is the validation split, index 1 the test split (both tracked over training)."""

@@ -75,7 +75,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     info = DATASETS[cfg.data.name]
     d = cfg.data
     datamodule = VisionDataModule(d.name, d.root, d.download, d.val_size, d.split_seed, d.train_subset,
-                                  d.eval_subset, cfg.training.batch_size, seed=cfg.seed)
+                                  d.eval_subset, cfg.training.batch_size, seed=cfg.seed, augment=d.augment)
     datamodule.setup()  # before the run folder exists, so missing data leaves nothing behind
 
     with RunStore(cfg.store.root, cfg, prefix="imp") as store:

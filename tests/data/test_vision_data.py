@@ -15,7 +15,7 @@ from lottery.errors import DataError
 def test_mnist_split_and_normalisation(mnist_root) -> None:
     dm = VisionDataModule("mnist", str(mnist_root), download=False)
     dm.setup()
-    (tx, ty), (vx, vy), (sx, sy) = dm.tensors["train"], dm.tensors["val"], dm.tensors["test"]
+    (tx, _), (vx, vy), (sx, _) = dm.tensors["train"], dm.tensors["val"], dm.tensors["test"]
     assert (len(tx), len(vx), len(sx)) == (55000, 5000, 10000)
     assert tx.shape[1:] == (1, 28, 28) and tx.dtype == torch.float32
     assert abs(tx.mean().item()) < 0.05 and abs(tx.std().item() - 1) < 0.05
@@ -61,3 +61,49 @@ def test_fashion_mnist_from_debian(tmp_path: Path) -> None:
     dm.setup()
     assert len(dm.tensors["train"][0]) == 55000 and len(dm.tensors["test"][0]) == 100
     assert (tmp_path / "data" / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").exists()
+
+
+def test_crop_flip_matches_per_image_slicing() -> None:
+    from lottery.data.augment import crop_flip
+
+    x = torch.randn(16, 3, 8, 8)
+    fill = torch.tensor([-1.0, -2.0, -3.0])
+    out = crop_flip(x, torch.Generator().manual_seed(5), padding=2, fill=fill)
+    # Brute force with the same random draws.
+    g = torch.Generator().manual_seed(5)
+    offsets = torch.randint(0, 5, (2, 16), generator=g)
+    flip = torch.rand(16, generator=g) < 0.5
+    for i in range(16):
+        padded = fill.view(3, 1, 1).expand(3, 12, 12).clone()
+        padded[:, 2:10, 2:10] = x[i]
+        crop = padded[:, offsets[0, i]:offsets[0, i] + 8, offsets[1, i]:offsets[1, i] + 8]
+        assert torch.equal(out[i], crop.flip(2) if flip[i] else crop)
+    assert flip.any() and (~flip).any()
+
+
+def test_augmented_stream_is_reproducible_and_resumable() -> None:
+    dm = VisionDataModule("synthetic_cifar", "", download=False, val_size=300, batch_size=50, seed=2,
+                          iterations=30, augment=True)
+    dm.setup()
+    full = [b[0] for b in dm.train_dataloader()]
+    again = [b[0] for b in dm.train_dataloader()]
+    assert all(torch.equal(a, b) for a, b in zip(full, again, strict=True))
+    dm.start_step = 17
+    tail = [b[0] for b in dm.train_dataloader()]
+    assert all(torch.equal(a, b) for a, b in zip(full[17:], tail, strict=True))
+    plain = VisionDataModule("synthetic_cifar", "", download=False, val_size=300, batch_size=50, seed=2,
+                             iterations=30, augment=False)
+    plain.setup()
+    assert not torch.equal(next(iter(plain.train_dataloader()))[0], full[0])
+
+
+def test_cifar10_offline_error(tmp_path: Path, monkeypatch) -> None:
+    from torchvision import datasets
+
+    def offline(self, *args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(datasets.CIFAR10, "download", offline)
+    with pytest.raises(DataError) as info:
+        VisionDataModule("cifar10", str(tmp_path), download=True).setup()
+    assert str(tmp_path / "cifar-10-batches-py") in str(info.value)
