@@ -19,7 +19,10 @@ from lottery.schedule import parse_step
 
 JOBS = ("imp",)
 PRUNING_STRATEGIES = ("layerwise", "global")
-REWIND_MODES = ("init", "iteration", "epoch")
+REWIND_MODES = ("init", "iteration", "epoch", "lr", "finetune")
+STRUCTURED_PATTERNS = ("neurons", "filters", "channels")
+NORMS = ("l1", "l2")
+BRANCHES = ("random_reinit", "random_prune", "retrain")
 OPTIMIZERS = ("adam", "sgd")
 LOGGERS = ("wandb", "none")
 WANDB_MODES = ("offline", "online", "disabled")
@@ -82,6 +85,8 @@ class PruningConfig:
     output_rate: float | None = 0.1
     layer_rates: dict[str, float] = field(default_factory=dict)
     exclude: list[str] = field(default_factory=list)
+    pattern: str = "unstructured"  # unstructured | neurons | filters | channels | N:M (e.g. "2:4")
+    norm: str = "l1"  # unit score of structured patterns: l1 | l2
 
 
 @dataclass
@@ -89,6 +94,14 @@ class IMPConfig:
     levels: int = 19
     rewind: str = "init"
     rewind_to: str = "0"
+    oneshot: bool = False  # prune straight to the sparsity of `levels` rounds after one training
+
+
+@dataclass
+class BranchConfig:
+    name: str = "random_reinit"
+    seed: int = 1
+    levels: list[int] | None = None  # which IMP levels get the branch; null = every pruned level
 
 
 @dataclass
@@ -126,6 +139,7 @@ class Config:
     trainer: TrainerConfig = MISSING
     logger: LoggerConfig = MISSING
     store: StoreConfig = field(default_factory=StoreConfig)
+    branch: BranchConfig | None = None
 
 
 def register_configs() -> None:
@@ -140,6 +154,7 @@ def register_configs() -> None:
         ("imp", IMPConfig),
         ("trainer", TrainerConfig),
         ("logger", LoggerConfig),
+        ("branch", BranchConfig),
     ]:
         cs.store(group=group, name=f"{group}_schema", node=node)
 
@@ -152,6 +167,19 @@ def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
 def _rate(key: str, value: float) -> None:
     if not 0.0 <= value < 1.0:
         raise ConfigError(f"{key}={value} is out of range; a pruning rate must be in [0, 1)")
+
+
+def parse_nm(pattern: str) -> tuple[int, int] | None:
+    """(n, m) for an "N:M" pattern string, None for any other pattern."""
+    if ":" not in pattern:
+        return None
+    try:
+        n, m = (int(part) for part in pattern.split(":"))
+    except ValueError:
+        raise ConfigError(f"pruning.pattern={pattern!r}: write N:M patterns as two integers, e.g. 2:4") from None
+    if not 1 <= n <= m:
+        raise ConfigError(f"pruning.pattern={pattern!r}: N:M needs 1 <= N <= M")
+    return n, m
 
 
 def _positive(key: str, value: int) -> None:
@@ -183,7 +211,7 @@ def resolve_steps(cfg: DictConfig) -> Steps:
     iterations = parse_step(cfg.training.iterations, spe)
     if iterations < 1:
         raise ConfigError(f"training.iterations={cfg.training.iterations!r} must be at least one iteration")
-    if cfg.imp.rewind == "init":
+    if cfg.imp.rewind in ("init", "lr", "finetune"):
         rewind = 0
     elif cfg.imp.rewind == "epoch":
         rewind = int(cfg.imp.rewind_to) * spe
@@ -225,6 +253,17 @@ def validate(cfg: DictConfig) -> Steps:
     if cfg.imp.levels < 0:
         raise ConfigError(f"imp.levels={cfg.imp.levels} must be >= 0")
 
+    if parse_nm(cfg.pruning.pattern) is None:
+        _choice("pruning.pattern", cfg.pruning.pattern, ("unstructured", *STRUCTURED_PATTERNS, "N:M (e.g. 2:4)"))
+    _choice("pruning.norm", cfg.pruning.norm, NORMS)
+    if cfg.pruning.pattern in STRUCTURED_PATTERNS and cfg.pruning.strategy != "layerwise":
+        raise ConfigError(f"pruning.pattern={cfg.pruning.pattern} removes whole units per layer; "
+                          "use pruning.strategy=layerwise (pruning=layerwise)")
+    if cfg.get("branch") is not None:
+        _choice("branch.name", cfg.branch.name, BRANCHES)
+        for level in cfg.branch.levels or []:
+            if not 1 <= level <= cfg.imp.levels:
+                raise ConfigError(f"branch.levels entry {level} is not a pruned level (1..{cfg.imp.levels})")
     _rate("pruning.rate", cfg.pruning.rate)
     if cfg.pruning.output_rate is not None:
         _rate("pruning.output_rate", cfg.pruning.output_rate)

@@ -1,41 +1,39 @@
 """The IMP job: train level 0, then repeatedly prune, rewind and retrain (Frankle & Carbin 2019).
 
     python -m lottery.run +exp=imp_lenet imp.levels=3 training.iterations=3000
+    python -m lottery.run +exp=imp_lenet +branch=random_reinit     # a control branch beside every level
 
-Every finished level is skipped on a rerun; a killed level resumes from its last checkpoint.
+Every finished level (or branch) is skipped on a rerun; a killed one resumes from its last checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from lottery.config import Steps, validate
+from lottery.config import Steps, parse_nm, validate
 from lottery.data import DATASETS, VisionDataModule
 from lottery.errors import StoreError
 from lottery.imp.level import LevelSpec, early_stop, seed_everything, train_level
+from lottery.imp.masks import next_mask
 from lottery.imp.report import format_summary, summary_row
+from lottery.imp.rewind import level_schedule, level_start
 from lottery.models import create_model, output_layer_name, prunable_names
-from lottery.pruning import Mask, magnitude_prune, resolve_rates
+from lottery.pruning import Mask, resolve_rates
 from lottery.tracking import RunStore, load_json, load_torch, save_json, save_torch
 from lottery.tracking.wandb_tracker import make_tracker
 
 log = logging.getLogger(__name__)
 
 
-def _level_spec(cfg: DictConfig, steps: Steps, start_step: int) -> LevelSpec:
-    t = cfg.training
-    return LevelSpec(start_step=start_step, iterations=steps.iterations, optimizer=t.optimizer, lr=t.lr,
-                     momentum=t.momentum, weight_decay=t.weight_decay, milestones=steps.milestones, gamma=t.gamma,
-                     eval_every=t.eval_every, checkpoint_every=t.checkpoint_every, accelerator=cfg.trainer.accelerator,
-                     devices=cfg.trainer.devices, deterministic=cfg.trainer.deterministic,
-                     progress_bar=cfg.progress_bar)
-
-
-def _load_or_save(path, make) -> Any:
+def load_or_save(path: Path, make: Callable[[], Any]) -> Any:
+    """Load `path` if a previous (possibly killed) run wrote it, else compute it and write it atomically."""
     if path.exists():
         return load_torch(path)
     obj = make()
@@ -68,73 +66,122 @@ def level_metrics(level: int, mask: Mask, history: list[dict[str, float]], start
     }
 
 
-def run(cfg: DictConfig) -> list[dict[str, Any]]:
-    """Run (or resume) the IMP experiment described by `cfg`; return one summary row per level."""
+@dataclass
+class Experiment:
+    """What every level and branch of one run share."""
+
+    cfg: DictConfig
+    steps: Steps
+    store: RunStore
+    datamodule: VisionDataModule
+    tracker: Any
+    model: Any
+
+    def spec(self, start_step: int) -> LevelSpec:
+        t, cfg = self.cfg.training, self.cfg
+        return LevelSpec(start_step=start_step, iterations=self.steps.iterations, optimizer=t.optimizer, lr=t.lr,
+                         momentum=t.momentum, weight_decay=t.weight_decay, milestones=self.steps.milestones,
+                         gamma=t.gamma, eval_every=t.eval_every, checkpoint_every=t.checkpoint_every,
+                         accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
+                         deterministic=cfg.trainer.deterministic, progress_bar=cfg.progress_bar)
+
+    def train(self, folder: Path, level: int, mask: Mask, start: dict[str, Any], start_step: int, tag: str = "",
+              rewind: tuple[int, Callable] | None = None, finetune: bool = False) -> dict[str, Any]:
+        """Train one level or branch into `folder` (mask.pt, start.pt, final.pt, metrics.json), unless done."""
+        if (folder / "metrics.json").exists():
+            return load_json(folder / "metrics.json")
+        mask = Mask(load_or_save(folder / "mask.pt", mask.state_dict))
+        self.model.load_state_dict(load_or_save(folder / "start.pt", lambda: start))
+        spec = self.spec(start_step)
+        if finetune:
+            spec = level_schedule("finetune", spec)
+        label = f"level {level}/{self.cfg.imp.levels}" + (f" {tag}" if tag else "")
+        log.info("%s: %.2f%% of weights remaining, iterations %d..%d", label, 100 * mask.total_density(),
+                 start_step, spec.iterations)
+        logger = self.tracker.level_logger(level, tag)
+        began = time.perf_counter()
+        module = train_level(self.model, mask, self.datamodule, spec, folder / "last.ckpt", logger=logger,
+                             rewind=rewind, description=label)
+        metrics = level_metrics(level, mask, module.history, start_step, spec.iterations,
+                                time.perf_counter() - began)
+        save_torch({k: v.detach().cpu() for k, v in module.model.state_dict().items()}, folder / "final.pt")
+        save_json(metrics, folder / "metrics.json")
+        (folder / "last.ckpt").unlink(missing_ok=True)
+        self.tracker.end_level(level, logger, metrics, {"mask": folder / "mask.pt", "ticket": folder / "start.pt"},
+                               tag)
+        return metrics
+
+
+def _prepare(cfg: DictConfig) -> tuple[Steps, VisionDataModule]:
     steps = validate(cfg)
     seed_everything(cfg.seed)
-    info = DATASETS[cfg.data.name]
     d = cfg.data
     datamodule = VisionDataModule(d.name, d.root, d.download, d.val_size, d.split_seed, d.train_subset,
                                   d.eval_subset, cfg.training.batch_size, seed=cfg.seed, augment=d.augment)
     datamodule.setup()  # before the run folder exists, so missing data leaves nothing behind
+    return steps, datamodule
 
+
+def run(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Run (or resume) the IMP experiment described by `cfg`, and its control branch if one is configured."""
+    steps, datamodule = _prepare(cfg)
+    info = DATASETS[cfg.data.name]
     with RunStore(cfg.store.root, cfg, prefix="imp") as store:
         log.info("Run folder: %s", store.path)
+        logger_kwargs = {} if cfg.logger.name == "none" else dict(
+            mode=cfg.logger.mode, project=cfg.logger.project, entity=cfg.logger.entity, tags=list(cfg.logger.tags))
         tracker = make_tracker(cfg.logger.name, store.path, group=f"imp_{store.hash}",
-                               config=OmegaConf.to_container(cfg, resolve=True),
-                               **({} if cfg.logger.name == "none" else
-                                  dict(mode=cfg.logger.mode, project=cfg.logger.project, entity=cfg.logger.entity,
-                                       tags=list(cfg.logger.tags))))
+                               config=OmegaConf.to_container(cfg, resolve=True), **logger_kwargs)
         model = create_model(cfg.model.name, seed=cfg.seed, init=cfg.model.init, input_shape=info.input_shape,
                              num_classes=info.num_classes)
-        init_state = _load_or_save(store.file("init.pt"), lambda: {k: v.clone() for k, v in model.state_dict().items()})
-        names = prunable_names(model)
-        p = cfg.pruning
-        rates = resolve_rates(names, p.strategy, p.rate, output_layer_name(model), p.output_rate,
-                              dict(p.layer_rates), list(p.exclude))
-        mask = Mask.ones(model, names)
-        rows = []
-        for level in range(cfg.imp.levels + 1):
-            ldir = store.level(level)
-            if store.level_done(level):
-                mask = Mask(load_torch(ldir / "mask.pt"))
-                metrics = load_json(ldir / "metrics.json")
-                log.info("Level %d already done (%.2f%% remaining); skipping", level, metrics["percent_remaining"])
-                rows.append(summary_row(metrics))
-                continue
-            if level > 0:
-                trained = load_torch(store.level(level - 1) / "final.pt")
-                mask = magnitude_prune(trained, mask, level, rates, p.rate)
-            mask = Mask(_load_or_save(ldir / "mask.pt", mask.state_dict))
-            start_step = 0 if level == 0 else steps.rewind
-            if level == 0:
-                start = init_state
-            elif steps.rewind == 0:
-                start = mask.apply_to_state(init_state)
-            else:
-                if not store.file("rewind.pt").exists():
-                    raise StoreError(f"{store.file('rewind.pt')} is missing; delete {store.level(0)} to redo level 0")
-                start = mask.apply_to_state(load_torch(store.file("rewind.pt")))
-            start = _load_or_save(ldir / "start.pt", lambda s=start: s)
-            model.load_state_dict(start)
+        exp = Experiment(cfg, steps, store, datamodule, tracker, model)
+        rows = _run_levels(exp)
+        if cfg.get("branch") is not None:
+            from lottery.imp.branches import run_branch
 
-            log.info("Level %d/%d: %.2f%% of weights remaining, training iterations %d..%d", level, cfg.imp.levels,
-                     100 * mask.total_density(), start_step, steps.iterations)
-            rewind = None
-            if level == 0 and steps.rewind > 0:
-                rewind = (steps.rewind, lambda state: save_torch(state, store.file("rewind.pt")))
-            logger = tracker.level_logger(level)
-            began = time.perf_counter()
-            module = train_level(model, mask, datamodule, _level_spec(cfg, steps, start_step), ldir / "last.ckpt",
-                                 logger=logger, rewind=rewind, description=f"level {level}/{cfg.imp.levels}")
-            metrics = level_metrics(level, mask, module.history, start_step, steps.iterations,
-                                    time.perf_counter() - began)
-            save_torch({k: v.detach().cpu() for k, v in module.model.state_dict().items()}, ldir / "final.pt")
-            save_json(metrics, ldir / "metrics.json")
-            (ldir / "last.ckpt").unlink(missing_ok=True)
-            tracker.end_level(level, logger, metrics, {"mask": ldir / "mask.pt", "ticket": ldir / "start.pt"})
-            rows.append(summary_row(metrics))
+            rows += run_branch(exp)
         save_json(rows, store.file("summary.json"))
         tracker.end_experiment(rows)
     print(format_summary(rows, title=f"IMP {cfg.name} ({cfg.model.name} on {cfg.data.name}) — {store.path}"))
+    return rows
+
+
+def _run_levels(exp: Experiment) -> list[dict[str, Any]]:
+    cfg, store, steps = exp.cfg, exp.store, exp.steps
+    init_state = load_or_save(store.file("init.pt"),
+                              lambda: {k: v.clone() for k, v in exp.model.state_dict().items()})
+    names = prunable_names(exp.model)
+    p = cfg.pruning
+    output_name = output_layer_name(exp.model)
+    rates = resolve_rates(names, p.strategy, p.rate, output_name, p.output_rate, dict(p.layer_rates), list(p.exclude))
+    mask = Mask.ones(exp.model, names)
+    rounds = [0, 1] if cfg.imp.oneshot else list(range(cfg.imp.levels + 1))
+    rows = []
+    for level in rounds:
+        folder = store.level(level)
+        if store.level_done(level):
+            mask = Mask(load_torch(folder / "mask.pt"))
+            metrics = load_json(folder / "metrics.json")
+            log.info("Level %d already done (%.2f%% remaining); skipping", level, metrics["percent_remaining"])
+            rows.append(summary_row(metrics))
+            continue
+        rewind = None
+        if level == 0:
+            start, start_step = init_state, 0
+            if steps.rewind > 0:
+                rewind = (steps.rewind, lambda state: save_torch(state, store.file("rewind.pt")))
+        else:
+            trained = load_torch(store.level(level - 1) / "final.pt")
+            target_level = cfg.imp.levels if cfg.imp.oneshot else level
+            mask = next_mask(trained, mask, target_level, rates, p.rate, p.pattern, p.norm, output_name,
+                             parse_nm(p.pattern))
+            rewind_state = None
+            if cfg.imp.rewind in ("iteration", "epoch"):
+                if not store.file("rewind.pt").exists():
+                    raise StoreError(f"{store.file('rewind.pt')} is missing; delete {store.level(0)} to redo level 0")
+                rewind_state = load_torch(store.file("rewind.pt"))
+            start, start_step = level_start(cfg.imp.rewind, mask, init_state, rewind_state, trained, steps.rewind)
+        metrics = exp.train(folder, level, mask, start, start_step, rewind=rewind,
+                            finetune=level > 0 and cfg.imp.rewind == "finetune")
+        rows.append(summary_row(metrics))
     return rows

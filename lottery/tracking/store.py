@@ -26,8 +26,9 @@ from lottery.errors import StoreError
 from lottery.tracking.atomic import save_text
 
 # Dotted keys that do not change results: logging, paths, progress bars and checkpoint cadence.
+# Control branches are stored inside the run they derive from, so they are not part of its hash either.
 HASH_EXCLUDED = ("name", "logger", "store", "progress_bar", "data.root", "data.download",
-                 "training.checkpoint_every")
+                 "training.checkpoint_every", "branch")
 
 
 def hashable_config(cfg: DictConfig | dict) -> dict[str, Any]:

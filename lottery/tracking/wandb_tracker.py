@@ -16,10 +16,11 @@ log = logging.getLogger(__name__)
 class NullTracker:
     """Tracker for `logger=none`: every call is a no-op."""
 
-    def level_logger(self, level: int) -> Any:
+    def level_logger(self, level: int, tag: str = "") -> Any:
         return False
 
-    def end_level(self, level: int, logger: Any, metrics: dict[str, Any], files: dict[str, Path]) -> None:
+    def end_level(self, level: int, logger: Any, metrics: dict[str, Any], files: dict[str, Path],
+                  tag: str = "") -> None:
         pass
 
     def end_experiment(self, rows: list[dict[str, Any]]) -> None:
@@ -41,10 +42,15 @@ class WandbTracker:
                     config=self.config, tags=self.tags, dir=str(self.run_dir), mode=self.mode,
                     settings=wandb.Settings(console="off", silent=True, init_timeout=90))
 
-    def level_logger(self, level: int) -> Any:
+    @staticmethod
+    def _suffix(level: int, tag: str) -> str:
+        return f"level{level:02d}" + (f"-{tag}" if tag else "")
+
+    def level_logger(self, level: int, tag: str = "") -> Any:
+        """A fresh W&B run for level `level` (or its branch `tag`), wrapped as a Lightning logger."""
         from lightning.pytorch.loggers import WandbLogger
 
-        kwargs = self._init_kwargs(f"{self.group}-level{level:02d}", "imp-level")
+        kwargs = self._init_kwargs(f"{self.group}-{self._suffix(level, tag)}", "imp-branch" if tag else "imp-level")
         logger = WandbLogger(**{k: v for k, v in kwargs.items() if k not in ("dir", "mode")},
                              save_dir=str(self.run_dir), offline=self.mode == "offline",
                              **({"mode": self.mode} if self.mode == "disabled" else {}))
@@ -53,13 +59,15 @@ class WandbTracker:
         run.define_metric("*", step_metric="iteration")
         return logger
 
-    def end_level(self, level: int, logger: Any, metrics: dict[str, Any], files: dict[str, Path]) -> None:
+    def end_level(self, level: int, logger: Any, metrics: dict[str, Any], files: dict[str, Path],
+                  tag: str = "") -> None:
+        """Log the level's summary and its mask/ticket artifacts, then close its run."""
         import wandb
 
         run = logger.experiment
         run.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) or v is None})
         for kind, path in files.items():
-            artifact = wandb.Artifact(f"{self.group}-{kind}-level{level:02d}", type=kind,
+            artifact = wandb.Artifact(f"{self.group}-{kind}-{self._suffix(level, tag)}", type=kind,
                                       metadata={"level": level, "percent_remaining": metrics["percent_remaining"]})
             artifact.add_file(str(path))
             run.log_artifact(artifact)

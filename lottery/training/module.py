@@ -104,6 +104,8 @@ class MaskedClassifier(L.LightningModule):
             if idx in self._sums:
                 loss, correct, count = self._sums[idx].tolist()
                 record[f"{split}_loss"], record[f"{split}_acc"] = loss / count, correct / count
+        if self.trainer.optimizers:
+            record["lr"] = self.trainer.optimizers[0].param_groups[0]["lr"]
         loss_sum, steps = self._train_loss.tolist()
         if steps:
             record["train_loss"] = loss_sum / steps
