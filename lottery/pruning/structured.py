@@ -24,18 +24,13 @@ NORMS = ("l1", "l2")
 def unit_dim(name: str, shape: torch.Size, pattern: str) -> int:
     """The weight dimension whose slices are the units of `pattern` (0: rows/filters, 1: input columns/channels).
 
-    Linear weights are [out, in], conv weights [out, in, *kernel]. "neurons" on a conv weight means its
-    filters; "channels" on a Linear weight means its input columns; "filters" needs a conv weight.
+    Linear weights are [out, in], conv weights [out, in, *kernel]. "neurons" and "filters" both mean dim 0 (so
+    one pattern covers a conv net's conv and fc layers); "channels" means dim 1, a Linear layer's input columns.
     """
     if pattern not in PATTERNS:
         raise ValueError(f"pruning pattern must be one of {', '.join(PATTERNS)}, got {pattern!r}")
-    ndim = len(shape)
-    if ndim < 2:
+    if len(shape) < 2:
         raise ValueError(f"{name}: pattern {pattern!r} needs a Linear or conv weight, got shape {tuple(shape)}")
-    if pattern == "filters" and ndim == 2:
-        # Silently treating a Linear layer as "filters" would hide a config that mixes up layer types.
-        raise ValueError(f"{name}: pattern 'filters' needs a conv weight [out, in, kh, kw], got Linear shape "
-                         f"{tuple(shape)}; use 'neurons' for Linear rows")
     return 1 if pattern == "channels" else 0
 
 
