@@ -127,19 +127,22 @@ class StoreConfig:
 
 @dataclass
 class Config:
+    """The root. Job-specific groups are typed by the schema their group files inherit (e.g. `model_schema`),
+    so one root serves every job: an IMP run fills model/data/training/pruning/imp, others fill their own."""
+
     job: str = "imp"
     name: str = "custom"
     seed: int = 0
     progress_bar: bool = True
-    model: ModelConfig = MISSING
-    data: DataConfig = MISSING
-    training: TrainingConfig = MISSING
-    pruning: PruningConfig = MISSING
-    imp: IMPConfig = MISSING
-    trainer: TrainerConfig = MISSING
+    model: Any = None
+    data: Any = None
+    training: Any = None
+    pruning: Any = None
+    imp: Any = None
+    trainer: Any = None
     logger: LoggerConfig = MISSING
     store: StoreConfig = field(default_factory=StoreConfig)
-    branch: BranchConfig | None = None
+    branch: Any = None
 
 
 def register_configs() -> None:
@@ -224,20 +227,28 @@ def resolve_steps(cfg: DictConfig) -> Steps:
     return Steps(spe, iterations, rewind, milestones)
 
 
-def validate(cfg: DictConfig) -> Steps:
-    """Check ranges and cross-field rules that the types alone cannot express; return the resolved steps."""
+def validate(cfg: DictConfig) -> Any:
+    """Check the config of any job; raise ConfigError naming the key. Returns what the job's check returns."""
+    _choice("job", cfg.job, JOBS)
+    _choice("logger.name", cfg.logger.name, LOGGERS)
+    _choice("logger.mode", cfg.logger.mode, WANDB_MODES)
+    return validate_imp(cfg)
+
+
+def validate_imp(cfg: DictConfig) -> Steps:
+    """Check ranges and cross-field rules of an IMP run that the types alone cannot express; return its steps."""
     from lottery.data import DATASETS
     from lottery.models import MODELS
 
-    _choice("job", cfg.job, JOBS)
+    for group in ("model", "data", "training", "pruning", "imp", "trainer"):
+        if cfg.get(group) is None:
+            raise ConfigError(f"{group} is not set; an IMP run needs the {group} config group")
     if cfg.model.name not in MODELS:
         raise ConfigError(f"model.name={cfg.model.name!r} is unknown; choose one of {', '.join(sorted(MODELS))}")
     _choice("data.name", cfg.data.name, tuple(sorted(DATASETS)))
     _choice("training.optimizer", cfg.training.optimizer, OPTIMIZERS)
     _choice("pruning.strategy", cfg.pruning.strategy, PRUNING_STRATEGIES)
     _choice("imp.rewind", cfg.imp.rewind, REWIND_MODES)
-    _choice("logger.name", cfg.logger.name, LOGGERS)
-    _choice("logger.mode", cfg.logger.mode, WANDB_MODES)
 
     if cfg.training.lr <= 0:
         raise ConfigError(f"training.lr={cfg.training.lr} must be > 0")

@@ -39,7 +39,7 @@ def run_branch(exp: Any) -> list[dict[str, Any]]:
         level_dir = exp.store.level(level)
         if not (level_dir / "metrics.json").exists():
             raise StoreError(f"level {level} of {exp.store.path} has not finished; its branch needs it")
-        mask = Mask(load_torch(level_dir / "mask.pt"))
+        mask = ticket_mask = Mask(load_torch(level_dir / "mask.pt"))
         start = load_torch(level_dir / "start.pt")
         start_step = load_json(level_dir / "metrics.json")["start_step"]
         data_seed = cfg.seed
@@ -60,7 +60,8 @@ def run_branch(exp: Any) -> list[dict[str, Any]]:
         exp.datamodule.seed = data_seed
         try:
             metrics = exp.train(level_dir / f"branch_{tag}", level, mask, start, start_step, tag=tag,
-                                finetune=cfg.imp.rewind == "finetune" and branch.name != "random_reinit")
+                                finetune=cfg.imp.rewind == "finetune" and branch.name != "random_reinit",
+                                compare_to=ticket_mask)
         finally:
             exp.datamodule.seed = cfg.seed
         rows.append(summary_row(metrics, branch=tag))

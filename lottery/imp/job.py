@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from lottery.config import Steps, parse_nm, validate
+from lottery.config import Steps, parse_nm, validate_imp
 from lottery.data import DATASETS, VisionDataModule
 from lottery.errors import StoreError
 from lottery.imp.level import LevelSpec, early_stop, seed_everything, train_level
@@ -26,6 +26,7 @@ from lottery.imp.report import format_summary, summary_row
 from lottery.imp.rewind import level_schedule, level_start
 from lottery.models import create_model, output_layer_name, prunable_names
 from lottery.pruning import Mask, resolve_rates
+from lottery.pruning.analysis import layer_sparsity, mask_overlap, surviving_init_histogram
 from lottery.tracking import RunStore, load_json, load_torch, save_json, save_torch
 from lottery.tracking.wandb_tracker import make_tracker
 
@@ -66,6 +67,15 @@ def level_metrics(level: int, mask: Mask, history: list[dict[str, float]], start
     }
 
 
+def mask_analysis(mask: Mask, init: dict[str, Any], compare_to: Mask | None) -> dict[str, Any]:
+    """Per-layer sparsity, overlap with `compare_to`, and histograms of θ0 of the surviving and pruned weights."""
+    return {
+        "layer_sparsity": layer_sparsity(mask),
+        "overlap": mask_overlap(compare_to, mask) if compare_to is not None else None,
+        "init_histogram": surviving_init_histogram(init, mask),
+    }
+
+
 @dataclass
 class Experiment:
     """What every level and branch of one run share."""
@@ -86,8 +96,12 @@ class Experiment:
                          deterministic=cfg.trainer.deterministic, progress_bar=cfg.progress_bar)
 
     def train(self, folder: Path, level: int, mask: Mask, start: dict[str, Any], start_step: int, tag: str = "",
-              rewind: tuple[int, Callable] | None = None, finetune: bool = False) -> dict[str, Any]:
-        """Train one level or branch into `folder` (mask.pt, start.pt, final.pt, metrics.json), unless done."""
+              rewind: tuple[int, Callable] | None = None, finetune: bool = False,
+              compare_to: Mask | None = None) -> dict[str, Any]:
+        """Train one level or branch into `folder` (mask.pt, start.pt, final.pt, metrics.json), unless done.
+
+        `compare_to` is the mask whose overlap with this one is recorded (the previous level's, or the ticket's).
+        """
         if (folder / "metrics.json").exists():
             return load_json(folder / "metrics.json")
         mask = Mask(load_or_save(folder / "mask.pt", mask.state_dict))
@@ -104,6 +118,7 @@ class Experiment:
                              rewind=rewind, description=label)
         metrics = level_metrics(level, mask, module.history, start_step, spec.iterations,
                                 time.perf_counter() - began)
+        metrics["analysis"] = mask_analysis(mask, load_torch(self.store.file("init.pt")), compare_to)
         save_torch({k: v.detach().cpu() for k, v in module.model.state_dict().items()}, folder / "final.pt")
         save_json(metrics, folder / "metrics.json")
         (folder / "last.ckpt").unlink(missing_ok=True)
@@ -113,7 +128,7 @@ class Experiment:
 
 
 def _prepare(cfg: DictConfig) -> tuple[Steps, VisionDataModule]:
-    steps = validate(cfg)
+    steps = validate_imp(cfg)
     seed_everything(cfg.seed)
     d = cfg.data
     datamodule = VisionDataModule(d.name, d.root, d.download, d.val_size, d.split_seed, d.train_subset,
@@ -165,7 +180,7 @@ def _run_levels(exp: Experiment) -> list[dict[str, Any]]:
             log.info("Level %d already done (%.2f%% remaining); skipping", level, metrics["percent_remaining"])
             rows.append(summary_row(metrics))
             continue
-        rewind = None
+        rewind, previous = None, mask
         if level == 0:
             start, start_step = init_state, 0
             if steps.rewind > 0:
@@ -182,6 +197,7 @@ def _run_levels(exp: Experiment) -> list[dict[str, Any]]:
                 rewind_state = load_torch(store.file("rewind.pt"))
             start, start_step = level_start(cfg.imp.rewind, mask, init_state, rewind_state, trained, steps.rewind)
         metrics = exp.train(folder, level, mask, start, start_step, rewind=rewind,
-                            finetune=level > 0 and cfg.imp.rewind == "finetune")
+                            finetune=level > 0 and cfg.imp.rewind == "finetune",
+                            compare_to=previous if level > 0 else None)
         rows.append(summary_row(metrics))
     return rows

@@ -66,6 +66,15 @@ class WandbTracker:
 
         run = logger.experiment
         run.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) or v is None})
+        analysis = metrics.get("analysis") or {}
+        if analysis.get("overlap"):
+            run.summary["mask_jaccard"] = analysis["overlap"]["overall"]
+            run.summary.update({f"mask_jaccard/{k}": v for k, v in analysis["overlap"]["per_layer"].items()})
+        if analysis.get("init_histogram"):
+            overall = analysis["init_histogram"]["overall"]
+            run.log({"iteration": metrics["iterations"],
+                     "init_values/kept": wandb.Histogram(np_histogram=(overall["kept"], overall["edges"])),
+                     "init_values/pruned": wandb.Histogram(np_histogram=(overall["pruned"], overall["edges"]))})
         for kind, path in files.items():
             artifact = wandb.Artifact(f"{self.group}-{kind}-{self._suffix(level, tag)}", type=kind,
                                       metadata={"level": level, "percent_remaining": metrics["percent_remaining"]})
