@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lottery.config import Steps, parse_nm, validate_imp
 from lottery.data import DATASETS, VisionDataModule
-from lottery.errors import StoreError
+from lottery.errors import ConfigError, StoreError
 from lottery.imp.level import LevelSpec, early_stop, seed_everything, train_level
 from lottery.imp.masks import next_mask
 from lottery.imp.report import format_summary, summary_row
@@ -161,6 +161,15 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     return rows
 
 
+def _check_pattern(weights: dict[str, Any], mask: Mask, rates: dict, p: DictConfig, output_name: str) -> None:
+    """Compute a first pruning step on θ0 so a pattern that cannot fit a layer fails before any training."""
+    try:
+        next_mask(weights, mask, 1, rates, p.rate, p.pattern, p.norm, output_name, parse_nm(p.pattern))
+    except ValueError as err:
+        raise ConfigError(f"pruning.pattern={p.pattern}: {err}; leave such layers out with "
+                          "pruning.exclude=[name]") from None
+
+
 def _run_levels(exp: Experiment) -> list[dict[str, Any]]:
     cfg, store, steps = exp.cfg, exp.store, exp.steps
     init_state = load_or_save(store.file("init.pt"),
@@ -170,6 +179,7 @@ def _run_levels(exp: Experiment) -> list[dict[str, Any]]:
     output_name = output_layer_name(exp.model)
     rates = resolve_rates(names, p.strategy, p.rate, output_name, p.output_rate, dict(p.layer_rates), list(p.exclude))
     mask = Mask.ones(exp.model, names)
+    _check_pattern(init_state, mask, rates, p, output_name)
     rounds = [0, 1] if cfg.imp.oneshot else list(range(cfg.imp.levels + 1))
     rows = []
     for level in rounds:
