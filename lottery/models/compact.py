@@ -137,7 +137,7 @@ def _bn_eval(model: nn.Module, bn: str | None, x: torch.Tensor, units: torch.Ten
 def _can_fold_into(consumer: nn.Module) -> bool:
     """Whether a spatially constant input channel gives a spatially constant contribution to `consumer`."""
     if isinstance(consumer, nn.Conv2d):
-        return all(p == 0 for p in consumer.padding) if not isinstance(consumer.padding, str) else False
+        return not isinstance(consumer.padding, str) and all(p == 0 for p in consumer.padding)
     return True
 
 
