@@ -1,5 +1,9 @@
 """cuSPARSELt through ctypes, with the compressed weight made once per layer and one plan per token count.
 
+EXPERIMENTAL, NOT WORKING YET: on the H200 (cuSPARSELt 0.8.0, torch 2.11) `cusparseLtMatmulSearch` returned
+"internal error" and the next kernel raised an illegal instruction (or the process segfaulted) for every layout;
+the cause is not found (see experiments/sparse_speed/RESULTS.md). Use `SemiStructuredLinear(backend="cslt")`.
+
 `torch._cslt_sparse_mm` builds descriptors, an algorithm selection and a plan on every call and destroys them
 afterwards; on an H200 with cuSPARSELt 0.8 that costs about 0.55 ms of host time per call, more than the
 matmul itself for most LLM shapes. Here the plan lives as long as the layer, so a call is one library launch.
