@@ -17,7 +17,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from lottery.errors import ConfigError
 from lottery.schedule import parse_step
 
-JOBS = ("imp",)
+JOBS = ("imp", "oneshot")
 PRUNING_STRATEGIES = ("layerwise", "global")
 REWIND_MODES = ("init", "iteration", "epoch", "lr", "finetune")
 STRUCTURED_PATTERNS = ("neurons", "filters", "channels")
@@ -160,6 +160,9 @@ def register_configs() -> None:
         ("branch", BranchConfig),
     ]:
         cs.store(group=group, name=f"{group}_schema", node=node)
+    from lottery.llm.schema import register_oneshot_configs  # imports this module: keep it local
+
+    register_oneshot_configs()
 
 
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -232,6 +235,10 @@ def validate(cfg: DictConfig) -> Any:
     _choice("job", cfg.job, JOBS)
     _choice("logger.name", cfg.logger.name, LOGGERS)
     _choice("logger.mode", cfg.logger.mode, WANDB_MODES)
+    if cfg.job == "oneshot":
+        from lottery.llm.schema import validate_oneshot
+
+        return validate_oneshot(cfg)
     return validate_imp(cfg)
 
 

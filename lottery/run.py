@@ -36,6 +36,10 @@ def _dispatch(cfg: DictConfig) -> object:
         from lottery.imp.job import run
 
         return run(cfg)
+    if cfg.job == "oneshot":
+        from lottery.llm.job import run as run_oneshot
+
+        return run_oneshot(cfg)
     raise LotteryError(f"job={cfg.job!r} is unknown")
 
 

@@ -1,0 +1,246 @@
+"""Config schema of the one-shot pruning job (`job: oneshot`) and its cheap validation.
+
+Imports nothing heavy (no torch, no transformers): `lottery.run` validates every command line with it
+before Hydra starts. The checks that need the model (layer widths vs N:M) run in the job, before any run
+folder exists.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+from lottery.config import Config
+from lottery.errors import ConfigError
+
+METHODS = ("magnitude", "wanda", "sparsegpt")  # the same as lottery.llm.sequential.METHODS
+MODEL_KINDS = ("hf", "charlm")
+EVAL_METRICS = ("perplexity", "embedding_cosine")
+DTYPES = ("float32", "bfloat16", "float16")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+PACKAGE_PREFIX = "pkg:"
+
+
+def default_text_root() -> str:
+    """LOTTERY_TEXT if set, else <LOTTERY_DATA>/text, else ~/.cache/lottery/data/text (XDG_CACHE_HOME honoured)."""
+    if os.environ.get("LOTTERY_TEXT"):
+        return os.environ["LOTTERY_TEXT"]
+    if os.environ.get("LOTTERY_DATA"):
+        return str(Path(os.environ["LOTTERY_DATA"]) / "text")
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(cache) / "lottery" / "data" / "text")
+
+
+if not OmegaConf.has_resolver("lottery_text_root"):
+    OmegaConf.register_new_resolver("lottery_text_root", default_text_root)
+
+
+@dataclass
+class HFModelConfig:
+    """A Hugging Face model: a hub name, a local folder, or `pkg:<python package>/<folder>`."""
+
+    kind: str = "hf"
+    name_or_path: str = MISSING
+    dtype: str = "float32"
+    device: str = "cpu"  # where blocks are pruned and evaluated: cpu | cuda | cuda:N
+    trust_remote_code: bool = False
+
+
+@dataclass
+class CharLMConfig:
+    """A small Llama-architecture character-level LM, trained once on `text` and cached in the run store."""
+
+    kind: str = "charlm"
+    text: str = "${lottery_text_root:}/tinyshakespeare.txt"
+    val_fraction: float = 0.1  # the last 10% of the characters are held out
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_layers: int = 4
+    num_heads: int = 4
+    seqlen: int = 128
+    batch_size: int = 32
+    steps: int = 600
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    dtype: str = "float32"
+    device: str = "cpu"
+
+
+@dataclass
+class PruneConfig:
+    """`method` and `pattern` take one value or a list (then every combination is pruned and compared)."""
+
+    method: Any = "sparsegpt"  # magnitude | wanda | sparsegpt, or a list of them
+    sparsity: float = 0.5  # unstructured only; N:M patterns fix it at 1 - N/M
+    pattern: Any = "unstructured"  # unstructured | N:M (e.g. 2:4, 4:8), or a list of them
+    blocksize: int = 128  # SparseGPT's lazy-update block (a multiple of M)
+    percdamp: float = 0.01  # SparseGPT's damping, a fraction of mean(diag H)
+    per_row: bool = False  # magnitude: compare weights within each output row instead of the whole matrix
+    true_sequential: bool = False  # re-collect statistics after each group of layers of a block
+    include: list[str] = field(default_factory=list)  # globs over layer names; empty = every block linear
+    exclude: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CalibrationConfig:
+    text: str = "${lottery_text_root:}/wikitext2_test.txt"
+    nsamples: int = 128
+    seqlen: int = 2048  # capped to the model's maximum length
+    seed: int = 0
+
+
+@dataclass
+class EvalConfig:
+    metric: str = "perplexity"  # perplexity (causal LMs) | embedding_cosine (encoders, vs the dense model)
+    text: str = "${lottery_text_root:}/wikitext2_test.txt"
+    seqlen: int = 2048  # perplexity chunk length, capped to the model's maximum length
+    max_chunks: int | None = None  # evaluate only the first N chunks (quick runs); null = all
+    sentences: int = 512  # embedding_cosine: sentences compared
+    batch_size: int = 32
+
+
+@dataclass
+class OneshotRootConfig(Config):
+    """The root of a one-shot run: the shared root plus the groups of this job.
+
+    The exp file merges it in after the root's groups are composed; the inherited fields are redeclared
+    MISSING so that this merge changes the root's type without resetting the values already composed.
+    """
+
+    job: str = MISSING
+    name: str = MISSING
+    seed: int = MISSING
+    progress_bar: bool = MISSING
+    model: Any = MISSING
+    data: Any = MISSING
+    training: Any = MISSING
+    pruning: Any = MISSING
+    imp: Any = MISSING
+    trainer: Any = MISSING
+    logger: Any = MISSING
+    store: Any = MISSING
+    branch: Any = MISSING
+    prune: Any = None
+    calibration: Any = None
+    eval: Any = None
+
+
+def register_oneshot_configs() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="oneshot_root_schema", node=OneshotRootConfig)
+    for group, name, node in [("model", "hf_model_schema", HFModelConfig), ("model", "charlm_schema", CharLMConfig),
+                              ("prune", "prune_schema", PruneConfig),
+                              ("calibration", "calibration_schema", CalibrationConfig),
+                              ("eval", "eval_schema", EvalConfig)]:
+        cs.store(group=group, name=name, node=node)
+
+
+def parse_pattern(pattern: str, key: str = "prune.pattern") -> tuple[int, int]:
+    """(n, m) of an N:M pattern, (0, 0) for "unstructured"; ConfigError naming `key` otherwise."""
+    if pattern == "unstructured":
+        return 0, 0
+    parts = str(pattern).split(":")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ConfigError(f"{key}={pattern!r} is malformed; use unstructured or N:M with integers, e.g. 2:4")
+    n, m = int(parts[0]), int(parts[1])
+    if not 1 <= n <= m:
+        raise ConfigError(f"{key}={pattern!r}: N:M needs 1 <= N <= M (e.g. 2:4, 4:8)")
+    return n, m
+
+
+def as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """`pkg:package/sub/folder` -> the folder inside the installed package; anything else unchanged."""
+    if not name_or_path.startswith(PACKAGE_PREFIX):
+        return name_or_path
+    package, _, sub = name_or_path[len(PACKAGE_PREFIX):].partition("/")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"model.name_or_path={name_or_path!r}: the Python package {package!r} is not installed "
+                          f"(pip install {package.replace('_', '-')})")
+    return str(Path(next(iter(spec.submodule_search_locations))) / sub)
+
+
+def _looks_local(path: str) -> bool:
+    return path.startswith((".", "/", "~")) or Path(path).expanduser().exists() or path.count("/") > 1
+
+
+def _check_model(model: DictConfig) -> None:
+    if model.kind == "charlm":
+        for key in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "seqlen", "batch_size", "steps"):
+            if model[key] <= 0:
+                raise ConfigError(f"model.{key}={model[key]} must be a positive integer")
+        if model.hidden_size % model.num_heads:
+            raise ConfigError(f"model.hidden_size={model.hidden_size} must be divisible by "
+                              f"model.num_heads={model.num_heads}")
+        if not 0 < model.val_fraction < 1:
+            raise ConfigError(f"model.val_fraction={model.val_fraction} must be in (0, 1)")
+        if not Path(model.text).is_file():
+            raise ConfigError(f"model.text={model.text!r}: training text file not found (set LOTTERY_TEXT or "
+                              "model.text)")
+        return
+    if OmegaConf.is_missing(model, "name_or_path"):
+        raise ConfigError("model.name_or_path is not set; give a hub name or a local model folder")
+    path = resolve_model_path(model.name_or_path)
+    if _looks_local(path):
+        folder = Path(path).expanduser()
+        if not folder.is_dir():
+            raise ConfigError(f"model.name_or_path={model.name_or_path!r}: no such model folder")
+        if not (folder / "config.json").is_file() or not any((folder / f).is_file() for f in WEIGHT_FILES):
+            raise ConfigError(f"model.name_or_path={model.name_or_path!r}: the folder has no config.json or no "
+                              f"weights (expected one of {', '.join(WEIGHT_FILES)})")
+
+
+def validate_oneshot(cfg: DictConfig) -> None:
+    """Check a one-shot config without loading anything; raise ConfigError naming the key and allowed values."""
+    for group in ("model", "prune", "calibration", "eval"):
+        if cfg.get(group) is None:
+            raise ConfigError(f"{group} is not set; a oneshot run needs the {group} config group (use +exp=oneshot_llm)")
+    if cfg.model.get("kind") not in MODEL_KINDS:
+        raise ConfigError(f"model.kind={cfg.model.get('kind')!r} is not allowed; choose one of {', '.join(MODEL_KINDS)}")
+    if cfg.model.dtype not in DTYPES:
+        raise ConfigError(f"model.dtype={cfg.model.dtype!r} is not allowed; choose one of {', '.join(DTYPES)}")
+    device = str(cfg.model.device)
+    if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
+        raise ConfigError(f"model.device={device!r} is not allowed; choose cpu, cuda or cuda:N")
+    p = cfg.prune
+    for method in as_list(p.method):
+        if method not in METHODS:
+            raise ConfigError(f"prune.method={method!r} is not allowed; choose one of {', '.join(METHODS)}")
+    if not 0.0 <= float(p.sparsity) < 1.0:
+        raise ConfigError(f"prune.sparsity={p.sparsity} is out of range; it must be in [0, 1)")
+    for pattern in as_list(p.pattern):
+        n, m = parse_pattern(str(pattern))
+        if m and p.blocksize % m:
+            raise ConfigError(f"prune.blocksize={p.blocksize} must be a multiple of M={m} (prune.pattern={pattern})")
+    if p.blocksize <= 0:
+        raise ConfigError(f"prune.blocksize={p.blocksize} must be a positive integer")
+    if p.percdamp < 0:
+        raise ConfigError(f"prune.percdamp={p.percdamp} must be >= 0")
+    c = cfg.calibration
+    if c.nsamples <= 0 or c.seqlen <= 1:
+        raise ConfigError(f"calibration.nsamples={c.nsamples} must be > 0 and calibration.seqlen={c.seqlen} > 1")
+    if cfg.model.kind == "hf" and not Path(c.text).is_file():
+        raise ConfigError(f"calibration.text={c.text!r}: calibration text file not found (set LOTTERY_TEXT or "
+                          "calibration.text)")
+    e = cfg.eval
+    if e.metric not in EVAL_METRICS:
+        raise ConfigError(f"eval.metric={e.metric!r} is not allowed; choose one of {', '.join(EVAL_METRICS)}")
+    if e.seqlen <= 1 or e.sentences <= 0 or e.batch_size <= 0 or (e.max_chunks is not None and e.max_chunks <= 0):
+        raise ConfigError("eval.seqlen must be > 1; eval.sentences, eval.batch_size and eval.max_chunks > 0")
+    if cfg.model.kind == "hf" and not Path(e.text).is_file():
+        raise ConfigError(f"eval.text={e.text!r}: evaluation text file not found (set LOTTERY_TEXT or eval.text)")
+    if cfg.model.kind == "charlm" and e.metric != "perplexity":
+        raise ConfigError("eval.metric must be perplexity for model.kind=charlm")
+    _check_model(cfg.model)
