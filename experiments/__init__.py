@@ -1,0 +1,1 @@
+"""Paper figures and tables (experiments/figures, `python -m experiments.regenerate`) and benchmarks."""

@@ -1,0 +1,155 @@
+"""What a figure is: the runs it needs (as config overrides), how to find or make them, and how it is drawn.
+
+A run is addressed by its config, so a figure finds its runs by composing each override list with Hydra and
+hashing the result, exactly as `python -m lottery.run` would. Missing runs are trained in this process
+(`lottery.imp.job.run` / `lottery.llm.job.run`), or, with `--no-run`, named and left alone.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from lottery.config import register_configs, validate
+from lottery.tracking import RunStore, load_json
+
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+DEFAULT_SEEDS = 5
+
+register_configs()
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run a figure needs. `key` names it inside the figure, e.g. ("imp_lenet", 3) for seed 3."""
+
+    key: tuple[Any, ...]
+    overrides: tuple[str, ...]
+
+    def command(self, extra: Sequence[str] = ()) -> str:
+        return "python -m lottery.run " + " ".join(shlex.quote(o) for o in (*self.overrides, *extra))
+
+
+@dataclass
+class Options:
+    """Command-line choices shared by every figure."""
+
+    seeds: int = DEFAULT_SEEDS
+    overrides: list[str] = field(default_factory=list)  # --set: appended to every run's overrides (they win)
+    out: Path = Path("figures")
+    run_missing: bool = True
+
+
+class MissingRuns(Exception):
+    """Raised with --no-run when some runs a figure needs are not (completely) in the store."""
+
+    def __init__(self, missing: list[tuple[RunSpec, Path]], extra: Sequence[str]):
+        self.missing, self.extra = missing, list(extra)
+        lines = [f"  {path}\n    {spec.command(extra)}" for spec, path in missing]
+        super().__init__(f"{len(missing)} run(s) missing:\n" + "\n".join(lines))
+
+
+def compose_run(overrides: Sequence[str]) -> DictConfig:
+    """The config `python -m lottery.run <overrides>` would run."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def run_folder(cfg: DictConfig) -> Path:
+    """The run store folder of `cfg` (without creating or locking it)."""
+    prefix = "oneshot" if cfg.job == "oneshot" else "imp"
+    return RunStore(cfg.store.root, cfg, prefix=prefix).path
+
+
+def imp_levels(cfg: DictConfig) -> list[int]:
+    """The main levels an IMP run stores: 0..levels, or 0 and 1 for one-shot."""
+    return [0, 1] if cfg.imp.oneshot else list(range(cfg.imp.levels + 1))
+
+
+def branch_dirname(cfg: DictConfig) -> str | None:
+    return f"branch_{cfg.branch.name}_s{cfg.branch.seed}" if cfg.get("branch") is not None else None
+
+
+def branch_levels(cfg: DictConfig) -> list[int]:
+    if cfg.get("branch") is None:
+        return []
+    return list(cfg.branch.levels) if cfg.branch.levels else imp_levels(cfg)[1:]
+
+
+def is_complete(cfg: DictConfig, path: Path) -> bool:
+    """Has the run finished everything the figure reads (every level, every branch level, or results.json)?"""
+    if cfg.job == "oneshot":
+        return (path / "results.json").exists()
+    done = all((path / f"level_{lv:02d}" / "metrics.json").exists() for lv in imp_levels(cfg))
+    name = branch_dirname(cfg)
+    return done and all((path / f"level_{lv:02d}" / name / "metrics.json").exists() for lv in branch_levels(cfg))
+
+
+def execute(cfg: DictConfig) -> None:
+    """Train a missing run in this process (the same code path as `python -m lottery.run`)."""
+    validate(cfg)
+    if cfg.job == "oneshot":
+        from lottery.llm.job import run
+    else:
+        from lottery.imp.job import run
+    run(cfg)
+
+
+@dataclass
+class Run:
+    """A run a figure reads: its spec, config and folder."""
+
+    spec: RunSpec
+    cfg: DictConfig
+    path: Path
+
+    def level(self, level: int) -> dict[str, Any]:
+        return load_json(self.path / f"level_{level:02d}" / "metrics.json")
+
+    def levels(self) -> list[dict[str, Any]]:
+        return [self.level(lv) for lv in imp_levels(self.cfg)]
+
+    def branch(self) -> dict[int, dict[str, Any]]:
+        name = branch_dirname(self.cfg)
+        return {lv: load_json(self.path / f"level_{lv:02d}" / name / "metrics.json") for lv in branch_levels(self.cfg)}
+
+    def results(self) -> dict[str, Any]:
+        return load_json(self.path / "results.json")
+
+
+def gather(specs: Sequence[RunSpec], options: Options) -> dict[tuple[Any, ...], Run]:
+    """Find every run `specs` need; train the missing ones, or raise MissingRuns when not allowed to."""
+    runs, missing = {}, []
+    for spec in specs:
+        cfg = compose_run([*spec.overrides, *options.overrides])
+        path = run_folder(cfg)
+        runs[spec.key] = Run(spec, cfg, path)
+        if not is_complete(cfg, path):
+            missing.append((spec, path))
+    if missing and not options.run_missing:
+        raise MissingRuns(missing, options.overrides)
+    for spec, _ in missing:
+        execute(runs[spec.key].cfg)
+    return runs
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A paper figure or table: the runs it needs and how it turns them into files."""
+
+    name: str
+    description: str
+    runs: Callable[[Options], list[RunSpec]]
+    draw: Callable[[dict[tuple[Any, ...], Run], Options, Path], list[Path]]
+
+    def render(self, options: Options) -> list[Path]:
+        runs = gather(self.runs(options), options)
+        out = options.out / self.name
+        out.mkdir(parents=True, exist_ok=True)
+        return self.draw(runs, options, out)
