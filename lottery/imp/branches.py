@@ -15,17 +15,17 @@ from lottery.errors import StoreError
 from lottery.imp.report import summary_row
 from lottery.models import create_model
 from lottery.pruning import Mask
-from lottery.tracking import load_json, load_torch
+from lottery.tracking import load_torch
 
 
 def _unmasked_source(exp: Any, level: int) -> dict:
     """The weights the level's mask was applied to, to put a different mask on them."""
     rewind = exp.cfg.imp.rewind
     if rewind == "init":
-        return load_torch(exp.store.file("init.pt"))
+        return exp.init_state
     if rewind in ("iteration", "epoch"):
-        return load_torch(exp.store.file("rewind.pt"))
-    return load_torch(exp.store.level(level - 1) / "final.pt")
+        return exp.rewind_state if exp.rewind_state is not None else load_torch(exp.store.file("rewind.pt"))
+    return exp.final_state(exp.store.level(level - 1))
 
 
 def run_branch(exp: Any) -> list[dict[str, Any]]:
@@ -37,11 +37,12 @@ def run_branch(exp: Any) -> list[dict[str, Any]]:
     rows = []
     for level in levels:
         level_dir = exp.store.level(level)
-        if not (level_dir / "metrics.json").exists():
+        level_metrics = exp.metrics(level_dir)
+        if level_metrics is None:
             raise StoreError(f"level {level} of {exp.store.path} has not finished; its branch needs it")
         mask = ticket_mask = Mask(load_torch(level_dir / "mask.pt"))
         start = load_torch(level_dir / "start.pt")
-        start_step = load_json(level_dir / "metrics.json")["start_step"]
+        start_step = level_metrics["start_step"]
         data_seed = cfg.seed
         if branch.name == "random_reinit":
             info = DATASETS[cfg.data.name]

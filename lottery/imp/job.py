@@ -27,19 +27,10 @@ from lottery.imp.rewind import level_schedule, level_start
 from lottery.models import create_model, output_layer_name, prunable_names
 from lottery.pruning import Mask, resolve_rates
 from lottery.pruning.analysis import layer_sparsity, mask_overlap, surviving_init_histogram
-from lottery.tracking import RunStore, load_json, load_torch, save_json, save_torch
-from lottery.tracking.wandb_tracker import make_tracker
+from lottery.tracking import RunStore, load_json, load_torch
+from lottery.tracking.wandb_tracker import NullTracker, make_tracker
 
 log = logging.getLogger(__name__)
-
-
-def load_or_save(path: Path, make: Callable[[], Any]) -> Any:
-    """Load `path` if a previous (possibly killed) run wrote it, else compute it and write it atomically."""
-    if path.exists():
-        return load_torch(path)
-    obj = make()
-    save_torch(obj, path)
-    return obj
 
 
 def level_metrics(level: int, mask: Mask, history: list[dict[str, float]], start_step: int, iterations: int,
@@ -86,6 +77,23 @@ class Experiment:
     datamodule: VisionDataModule
     tracker: Any
     model: Any
+    init_state: dict[str, Any]
+    rewind_state: dict[str, Any] | None = None
+
+    def final_state(self, folder: Path) -> dict[str, Any]:
+        """A finished level's trained weights: from memory when this process trained it (under DDP the other
+        ranks must not wait for rank 0's file), else from the run store."""
+        return self._finals.get(folder) or load_torch(folder / "final.pt")
+
+    def metrics(self, folder: Path) -> dict[str, Any] | None:
+        """A level's metrics if it has finished (in this process or earlier), else None."""
+        if folder in self._metrics:
+            return self._metrics[folder]
+        return load_json(folder / "metrics.json") if (folder / "metrics.json").exists() else None
+
+    def __post_init__(self) -> None:
+        self._finals: dict[Path, dict[str, Any]] = {}
+        self._metrics: dict[Path, dict[str, Any]] = {}
 
     def spec(self, start_step: int) -> LevelSpec:
         t, cfg = self.cfg.training, self.cfg
@@ -102,10 +110,11 @@ class Experiment:
 
         `compare_to` is the mask whose overlap with this one is recorded (the previous level's, or the ticket's).
         """
-        if (folder / "metrics.json").exists():
-            return load_json(folder / "metrics.json")
-        mask = Mask(load_or_save(folder / "mask.pt", mask.state_dict))
-        self.model.load_state_dict(load_or_save(folder / "start.pt", lambda: start))
+        if (done := self.metrics(folder)) is not None:
+            return done
+        store = self.store
+        mask = Mask(store.load_or_save(folder / "mask.pt", mask.state_dict))
+        self.model.load_state_dict(store.load_or_save(folder / "start.pt", lambda: start))
         spec = self.spec(start_step)
         if finetune:
             spec = level_schedule("finetune", spec)
@@ -118,46 +127,61 @@ class Experiment:
                              rewind=rewind, description=label)
         metrics = level_metrics(level, mask, module.history, start_step, spec.iterations,
                                 time.perf_counter() - began)
-        metrics["analysis"] = mask_analysis(mask, load_torch(self.store.file("init.pt")), compare_to)
-        save_torch({k: v.detach().cpu() for k, v in module.model.state_dict().items()}, folder / "final.pt")
-        save_json(metrics, folder / "metrics.json")
-        (folder / "last.ckpt").unlink(missing_ok=True)
+        metrics["analysis"] = mask_analysis(mask, self.init_state, compare_to)
+        final = {k: v.detach().cpu().clone() for k, v in module.model.state_dict().items()}
+        self._finals[folder], self._metrics[folder] = final, metrics
+        store.save_torch(final, folder / "final.pt")
+        store.save_json(metrics, folder / "metrics.json")
+        if store.writer:
+            (folder / "last.ckpt").unlink(missing_ok=True)
         self.tracker.end_level(level, logger, metrics, {"mask": folder / "mask.pt", "ticket": folder / "start.pt"},
                                tag)
         return metrics
 
 
-def _prepare(cfg: DictConfig) -> tuple[Steps, VisionDataModule]:
-    steps = validate_imp(cfg)
-    seed_everything(cfg.seed)
-    d = cfg.data
-    datamodule = VisionDataModule(d.name, d.root, d.download, d.val_size, d.split_seed, d.train_subset,
-                                  d.eval_subset, cfg.training.batch_size, seed=cfg.seed, augment=d.augment)
-    datamodule.setup()  # before the run folder exists, so missing data leaves nothing behind
-    return steps, datamodule
+def _pruning_rates(cfg: DictConfig, model: Any) -> tuple[dict[str, float | None], str]:
+    p = cfg.pruning
+    output_name = output_layer_name(model)
+    names = prunable_names(model)
+    return resolve_rates(names, p.strategy, p.rate, output_name, p.output_rate, dict(p.layer_rates),
+                         list(p.exclude)), output_name
 
 
 def run(cfg: DictConfig) -> list[dict[str, Any]]:
-    """Run (or resume) the IMP experiment described by `cfg`, and its control branch if one is configured."""
-    steps, datamodule = _prepare(cfg)
-    info = DATASETS[cfg.data.name]
+    """Run (or resume) the IMP experiment described by `cfg`, and its control branch if one is configured.
+
+    Everything that can reject the input (config, data, pruning pattern) runs before the run folder exists.
+    """
+    steps = validate_imp(cfg)
+    seed_everything(cfg.seed)
+    d, info = cfg.data, DATASETS[cfg.data.name]
+    datamodule = VisionDataModule(d.name, d.root, d.download, d.val_size, d.split_seed, d.train_subset,
+                                  d.eval_subset, cfg.training.batch_size, seed=cfg.seed, augment=d.augment)
+    datamodule.setup()
+    model = create_model(cfg.model.name, seed=cfg.seed, init=cfg.model.init, input_shape=info.input_shape,
+                         num_classes=info.num_classes)
+    rates, output_name = _pruning_rates(cfg, model)
+    _check_pattern(model.state_dict(), Mask.ones(model, prunable_names(model)), rates, cfg.pruning, output_name)
+
     with RunStore(cfg.store.root, cfg, prefix="imp") as store:
         log.info("Run folder: %s", store.path)
-        logger_kwargs = {} if cfg.logger.name == "none" else dict(
-            mode=cfg.logger.mode, project=cfg.logger.project, entity=cfg.logger.entity, tags=list(cfg.logger.tags))
-        tracker = make_tracker(cfg.logger.name, store.path, group=f"imp_{store.hash}",
-                               config=OmegaConf.to_container(cfg, resolve=True), **logger_kwargs)
-        model = create_model(cfg.model.name, seed=cfg.seed, init=cfg.model.init, input_shape=info.input_shape,
-                             num_classes=info.num_classes)
-        exp = Experiment(cfg, steps, store, datamodule, tracker, model)
-        rows = _run_levels(exp)
+        tracker = NullTracker()
+        if store.writer and cfg.logger.name != "none":
+            tracker = make_tracker(cfg.logger.name, store.path, group=f"imp_{store.hash}",
+                                   config=OmegaConf.to_container(cfg, resolve=True), mode=cfg.logger.mode,
+                                   project=cfg.logger.project, entity=cfg.logger.entity, tags=list(cfg.logger.tags))
+        init_state = store.load_or_save(store.file("init.pt"),
+                                        lambda: {k: v.clone() for k, v in model.state_dict().items()})
+        exp = Experiment(cfg, steps, store, datamodule, tracker, model, init_state)
+        rows = _run_levels(exp, rates, output_name)
         if cfg.get("branch") is not None:
             from lottery.imp.branches import run_branch
 
             rows += run_branch(exp)
-        save_json(rows, store.file("summary.json"))
+        store.save_json(rows, store.file("summary.json"))
         tracker.end_experiment(rows)
-    print(format_summary(rows, title=f"IMP {cfg.name} ({cfg.model.name} on {cfg.data.name}) — {store.path}"))
+    if store.writer:
+        print(format_summary(rows, title=f"IMP {cfg.name} ({cfg.model.name} on {cfg.data.name}) — {store.path}"))
     return rows
 
 
@@ -170,16 +194,15 @@ def _check_pattern(weights: dict[str, Any], mask: Mask, rates: dict, p: DictConf
                           "pruning.exclude=[name]") from None
 
 
-def _run_levels(exp: Experiment) -> list[dict[str, Any]]:
-    cfg, store, steps = exp.cfg, exp.store, exp.steps
-    init_state = load_or_save(store.file("init.pt"),
-                              lambda: {k: v.clone() for k, v in exp.model.state_dict().items()})
-    names = prunable_names(exp.model)
-    p = cfg.pruning
-    output_name = output_layer_name(exp.model)
-    rates = resolve_rates(names, p.strategy, p.rate, output_name, p.output_rate, dict(p.layer_rates), list(p.exclude))
-    mask = Mask.ones(exp.model, names)
-    _check_pattern(init_state, mask, rates, p, output_name)
+def _save_rewind(exp: Experiment, state: dict[str, Any]) -> None:
+    exp.rewind_state = state
+    exp.store.save_torch(state, exp.store.file("rewind.pt"))
+
+
+def _run_levels(exp: Experiment, rates: dict[str, float | None], output_name: str) -> list[dict[str, Any]]:
+    cfg, store, steps, p = exp.cfg, exp.store, exp.steps, exp.cfg.pruning
+    init_state = exp.init_state
+    mask = Mask.ones(exp.model, prunable_names(exp.model))
     rounds = [0, 1] if cfg.imp.oneshot else list(range(cfg.imp.levels + 1))
     rows = []
     for level in rounds:
@@ -194,17 +217,20 @@ def _run_levels(exp: Experiment) -> list[dict[str, Any]]:
         if level == 0:
             start, start_step = init_state, 0
             if steps.rewind > 0:
-                rewind = (steps.rewind, lambda state: save_torch(state, store.file("rewind.pt")))
+                rewind = (steps.rewind, lambda state: _save_rewind(exp, state))
         else:
-            trained = load_torch(store.level(level - 1) / "final.pt")
+            trained = exp.final_state(store.level(level - 1))
             target_level = cfg.imp.levels if cfg.imp.oneshot else level
             mask = next_mask(trained, mask, target_level, rates, p.rate, p.pattern, p.norm, output_name,
                              parse_nm(p.pattern))
             rewind_state = None
             if cfg.imp.rewind in ("iteration", "epoch"):
-                if not store.file("rewind.pt").exists():
-                    raise StoreError(f"{store.file('rewind.pt')} is missing; delete {store.level(0)} to redo level 0")
-                rewind_state = load_torch(store.file("rewind.pt"))
+                if exp.rewind_state is None:
+                    if not store.file("rewind.pt").exists():
+                        raise StoreError(f"{store.file('rewind.pt')} is missing; delete {store.level(0)} to "
+                                         "redo level 0")
+                    exp.rewind_state = load_torch(store.file("rewind.pt"))
+                rewind_state = exp.rewind_state
             start, start_step = level_start(cfg.imp.rewind, mask, init_state, rewind_state, trained, steps.rewind)
         metrics = exp.train(folder, level, mask, start, start_step, rewind=rewind,
                             finetune=level > 0 and cfg.imp.rewind == "finetune",

@@ -23,7 +23,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from lottery.errors import StoreError
-from lottery.tracking.atomic import save_text
+from lottery.tracking.atomic import load_torch, save_json, save_text, save_torch
+from lottery.tracking.ranks import is_writer
 
 # Dotted keys that do not change results: logging, paths, progress bars and checkpoint cadence.
 # Control branches are stored inside the run they derive from, so they are not part of its hash either.
@@ -52,16 +53,22 @@ def config_hash(cfg: DictConfig | dict) -> str:
 
 
 class RunStore:
-    """The folder of one run. Holding it takes an exclusive lock, so two processes never share a run."""
+    """The folder of one run. Holding it takes an exclusive lock, so two processes never share a run.
+
+    Under DDP only global rank 0 writes (and locks); the other ranks read and compute in memory.
+    """
 
     def __init__(self, root: str | Path, cfg: DictConfig, prefix: str = "run"):
         self.hash = config_hash(cfg)
         self.path = Path(root) / f"{prefix}_{self.hash}"
         self.cfg = cfg
+        self.writer = is_writer()
         self._lock_file = None
 
     def open(self) -> RunStore:
-        """Create the folder, take the lock and record the config (once)."""
+        """Create the folder, take the lock and record the config (once); remove stale temporary files."""
+        if not self.writer:
+            return self
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -78,6 +85,8 @@ class RunStore:
             raise StoreError(f"another process is running in {self.path}; wait for it to finish") from None
         if not (self.path / "config.yaml").exists():
             save_text(OmegaConf.to_yaml(self.cfg, resolve=True), self.path / "config.yaml")
+        for stale in self.path.rglob(".*.tmp"):  # a killed process's unfinished write; never a visible file
+            stale.unlink(missing_ok=True)
         return self
 
     def close(self) -> None:
@@ -100,3 +109,19 @@ class RunStore:
 
     def level_done(self, level: int) -> bool:
         return (self.level(level) / "metrics.json").exists()
+
+    def save_torch(self, obj: Any, path: Path) -> None:
+        if self.writer:
+            save_torch(obj, path)
+
+    def save_json(self, obj: Any, path: Path) -> None:
+        if self.writer:
+            save_json(obj, path)
+
+    def load_or_save(self, path: Path, make: Any) -> Any:
+        """Load `path` if an earlier (possibly killed) run wrote it, else compute it (and write it, on rank 0)."""
+        if path.exists():
+            return load_torch(path)
+        obj = make()
+        self.save_torch(obj, path)
+        return obj
