@@ -48,6 +48,78 @@ def inverse_hessian_cholesky(H: Tensor, percdamp: float, retries: int = 4) -> Te
     raise RuntimeError(f"SparseGPT: Hessian is not positive definite even with damp={damp:.3g}")
 
 
+def _sweep(W1: Tensor, Hinv1: Tensor, mask1: Tensor, d1_sq: Tensor, Q1: Tensor, Err1: Tensor, n: int, m: int,
+           choose_nm: bool) -> None:
+    """The within-block column loop of Algorithm 1, in place: quantize column i, spread its error right.
+
+    Free of host synchronisation (no boolean indexing, no .item()), so it can be captured in a CUDA graph.
+    ``mask1`` is True = pruned; with ``choose_nm`` each group of m columns is chosen when the sweep reaches it.
+    """
+    for i in range(W1.shape[1]):
+        w = W1[:, i]
+        d = Hinv1[i, i]
+        if choose_nm and i % m == 0:
+            # Chosen only now, so the group's scores include the updates from the columns before it.
+            mask1[:, i : i + m] = ~nm_mask(W1[:, i : i + m] ** 2 / d1_sq[:, i : i + m], n, m)
+        q = w.masked_fill(mask1[:, i], 0)
+        Q1[:, i] = q
+        err1 = (w - q) / d
+        W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
+        Err1[:, i] = err1
+
+
+class _GraphedSweep:
+    """`_sweep` for one (rows, columns, n, m, choose_nm) shape on one GPU, captured once as a CUDA graph.
+
+    A block has ~8 small kernels per column; replaying them from a graph removes the per-launch CPU cost
+    that dominates the reference implementation. The kernels are the eager ones, so results are identical.
+    """
+
+    def __init__(self, rows: int, count: int, n: int, m: int, choose_nm: bool, device: torch.device):
+        f32 = dict(device=device, dtype=torch.float32)
+        self.W1, self.Q1, self.Err1 = (torch.zeros(rows, count, **f32) for _ in range(3))
+        self.Hinv1, self.d1_sq = torch.eye(count, **f32), torch.ones(1, count, **f32)
+        self.mask1 = torch.zeros(rows, count, device=device, dtype=torch.bool)
+        args = (self.W1, self.Hinv1, self.mask1, self.d1_sq, self.Q1, self.Err1, n, m, choose_nm)
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):  # warm-up outside the capture (cuBLAS handles, workspaces)
+            _sweep(*args)
+        torch.cuda.current_stream(device).wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            _sweep(*args)
+
+    def __call__(self, W1: Tensor, Hinv1: Tensor, mask1: Tensor, d1_sq: Tensor) -> tuple[Tensor, Tensor]:
+        self.W1.copy_(W1)
+        self.Hinv1.copy_(Hinv1)
+        self.mask1.copy_(mask1)
+        self.d1_sq.copy_(d1_sq)
+        self.graph.replay()
+        mask1.copy_(self.mask1)
+        return self.Q1.clone(), self.Err1.clone()
+
+
+_GRAPHS: dict[tuple, _GraphedSweep] = {}
+USE_CUDA_GRAPHS = True  # set False to run the column loop eagerly on GPUs too (same results, slower)
+
+
+def _sweep_block(W1: Tensor, Hinv1: Tensor, mask1: Tensor, d1_sq: Tensor, n: int, m: int,
+                 choose_nm: bool) -> tuple[Tensor, Tensor]:
+    """(Q1, Err1) of one block; ``mask1`` is filled in place when the N:M groups are chosen in the sweep."""
+    rows, count = W1.shape
+    if USE_CUDA_GRAPHS and W1.is_cuda and not torch.cuda.is_current_stream_capturing():
+        key = (W1.device, rows, count, n, m, choose_nm)
+        if key not in _GRAPHS:
+            if len(_GRAPHS) >= 16:  # a handful of layer shapes per model; bound the static buffers anyway
+                _GRAPHS.clear()
+            _GRAPHS[key] = _GraphedSweep(rows, count, n, m, choose_nm, W1.device)
+        return _GRAPHS[key](W1, Hinv1, mask1, d1_sq)
+    Q1, Err1 = torch.zeros_like(W1), torch.zeros_like(W1)
+    _sweep(W1, Hinv1, mask1, d1_sq, Q1, Err1, n, m, choose_nm)
+    return Q1, Err1
+
+
 @torch.no_grad()
 def sparsegpt_prune(
     W: Tensor,
@@ -90,12 +162,10 @@ def sparsegpt_prune(
     del H
 
     pruned = torch.zeros_like(W, dtype=torch.bool)  # True = pruned, like the reference's mask1
+    choose_nm = mask is None and is_nm(n, m)
     for i1 in range(0, columns, blocksize):
         i2 = min(i1 + blocksize, columns)
-        count = i2 - i1
         W1 = W[:, i1:i2].clone()
-        Q1 = torch.zeros_like(W1)
-        Err1 = torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
         # Hinv1[q, q]^2 = [H_F^-1]_qq of the remaining columns F, so this is the OBS error of pruning w_q.
         d1_sq = torch.diag(Hinv1).reshape(1, -1) ** 2
@@ -108,19 +178,7 @@ def sparsegpt_prune(
         else:
             mask1 = torch.zeros_like(W1, dtype=torch.bool)
 
-        for i in range(count):
-            w = W1[:, i]
-            d = Hinv1[i, i]
-            if mask is None and is_nm(n, m) and i % m == 0:
-                # Chosen only now, so the group's scores include the updates from the columns before it.
-                mask1[:, i : i + m] = ~nm_mask(W1[:, i : i + m] ** 2 / d1_sq[:, i : i + m], n, m)
-            q = w.clone()
-            q[mask1[:, i]] = 0
-            Q1[:, i] = q
-            err1 = (w - q) / d
-            W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
-            Err1[:, i] = err1
-
+        Q1, Err1 = _sweep_block(W1, Hinv1, mask1, d1_sq, n, m, choose_nm)
         W[:, i1:i2] = Q1
         pruned[:, i1:i2] = mask1
         # Lazy batch update: the later columns see this block's errors in one matmul.
