@@ -44,9 +44,11 @@ def _dispatch(cfg: DictConfig) -> object:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
     try:
-        _dispatch(cfg)
+        from lottery.tracking.objective import sweep_objective  # what a Hydra sweeper (Optuna) optimises
+
+        return sweep_objective(cfg, _dispatch(cfg))
     except LotteryError as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
