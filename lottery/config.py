@@ -108,6 +108,8 @@ class BranchConfig:
 class TrainerConfig:
     accelerator: str = "cpu"
     devices: int = 1
+    strategy: str = "auto"  # "ddp" for data parallelism over `devices` processes
+    num_nodes: int = 1
     deterministic: bool = True
 
 
@@ -123,6 +125,7 @@ class LoggerConfig:
 @dataclass
 class StoreConfig:
     root: str = "${lottery_store_root:}"
+    on_corrupt: str = "error"  # error | redo: delete the level (or file) a corrupt file belongs to and redo it
 
 
 @dataclass
@@ -263,6 +266,12 @@ def validate_imp(cfg: DictConfig) -> Steps:
         raise ConfigError("training.weight_decay must be >= 0 and training.momentum in [0, 1)")
     for key in ("batch_size", "eval_every", "checkpoint_every"):
         _positive(f"training.{key}", cfg.training[key])
+    _positive("trainer.devices", cfg.trainer.devices)
+    _positive("trainer.num_nodes", cfg.trainer.num_nodes)
+    processes = cfg.trainer.devices * cfg.trainer.num_nodes
+    if cfg.training.batch_size % processes:
+        raise ConfigError(f"training.batch_size={cfg.training.batch_size} must be divisible by the {processes} "
+                          "training processes (trainer.devices × trainer.num_nodes)")
     if cfg.data.val_size < 0:
         raise ConfigError(f"data.val_size={cfg.data.val_size} must be >= 0")
     for key in ("train_subset", "eval_subset"):

@@ -24,14 +24,20 @@ class BatchStream:
     """Yields training batches `first()` .. `end - 1`, where batch i is the (i mod E)-th batch of epoch i // E.
 
     E = len(x) // batch_size (the last partial batch of an epoch is dropped). `first` is a callable so that
-    a resumed Lightning run can start where its restored global step says.
+    a resumed Lightning run can start where its restored global step says. Under data parallelism rank r of
+    `world_size` yields rows r, r + world_size, ... of each global batch, so the ranks' mean gradients average
+    to the gradient of the same global batch that one process would use.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, end: int,
                  first: Callable[[], int] = lambda: 0,
-                 augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None):
+                 augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+                 rank: int = 0, world_size: int = 1):
         if len(x) < batch_size:
             raise ValueError(f"batch size {batch_size} exceeds the {len(x)} training examples")
+        if batch_size % world_size:
+            raise ValueError(f"training.batch_size={batch_size} is not divisible by the {world_size} processes")
+        self.rank, self.world_size = rank, world_size
         self.x, self.y, self.batch_size, self.seed, self.end, self.first = x, y, batch_size, seed, end, first
         self.augment = augment
         self.steps_per_epoch = len(x) // batch_size
@@ -50,7 +56,10 @@ class BatchStream:
             x = self.x[idx]
             if self.augment is not None:
                 x = self.augment(x, torch.Generator().manual_seed(self.seed * 1_000_003 + 7_919 * i + 1))
-            yield x, self.y[idx]
+            y = self.y[idx]
+            if self.world_size > 1:
+                x, y = x[self.rank::self.world_size], y[self.rank::self.world_size]
+            yield x, y
 
 
 class EvalBatches:

@@ -188,8 +188,14 @@ class VisionDataModule(L.LightningDataModule):
         if self.augment:
             black = -torch.tensor(self.info.mean) / torch.tensor(self.info.std)
             augment = partial(crop_flip, padding=4, fill=black)
-        return BatchStream(x, y, self.batch_size, self.seed, end=self.iterations,
-                           first=lambda: self.start_step + self._global_step(), augment=augment)
+        trainer = getattr(self, "trainer", None)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        try:
+            return BatchStream(x, y, self.batch_size, self.seed, end=self.iterations,
+                               first=lambda: self.start_step + self._global_step(), augment=augment,
+                               rank=rank, world_size=world)
+        except ValueError as err:
+            raise DataError(str(err)) from None
 
     def val_dataloader(self) -> list[EvalBatches]:
         """Two loaders: index 0 is the validation split, index 1 the test split (both tracked over training)."""

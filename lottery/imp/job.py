@@ -101,6 +101,7 @@ class Experiment:
                          momentum=t.momentum, weight_decay=t.weight_decay, milestones=self.steps.milestones,
                          gamma=t.gamma, eval_every=t.eval_every, checkpoint_every=t.checkpoint_every,
                          accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
+                         strategy=cfg.trainer.strategy, num_nodes=cfg.trainer.num_nodes,
                          deterministic=cfg.trainer.deterministic, progress_bar=cfg.progress_bar)
 
     def train(self, folder: Path, level: int, mask: Mask, start: dict[str, Any], start_step: int, tag: str = "",
@@ -165,6 +166,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
 
     with RunStore(cfg.store.root, cfg, prefix="imp") as store:
         log.info("Run folder: %s", store.path)
+        store.verify(cfg.store.on_corrupt)
         tracker = NullTracker()
         if store.writer and cfg.logger.name != "none":
             tracker = make_tracker(cfg.logger.name, store.path, group=f"imp_{store.hash}",

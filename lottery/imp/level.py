@@ -44,6 +44,8 @@ class LevelSpec:
     checkpoint_every: int
     accelerator: str = "cpu"
     devices: int = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
     deterministic: bool = True
     progress_bar: bool = True
 
@@ -66,7 +68,8 @@ def train_level(model: nn.Module, mask: Mask, datamodule: VisionDataModule, spec
     if spec.progress_bar:
         callbacks.append(LevelProgressBar(description))
     trainer = L.Trainer(
-        accelerator=spec.accelerator, devices=spec.devices, max_steps=steps, max_epochs=-1,
+        accelerator=spec.accelerator, devices=spec.devices, strategy=spec.strategy, num_nodes=spec.num_nodes,
+        max_steps=steps, max_epochs=-1,
         val_check_interval=min(spec.eval_every, steps), check_val_every_n_epoch=None, num_sanity_val_steps=0,
         logger=logger, callbacks=callbacks, enable_checkpointing=False, plugins=[AtomicCheckpointIO()],
         deterministic=spec.deterministic, enable_progress_bar=spec.progress_bar, enable_model_summary=False,

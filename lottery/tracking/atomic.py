@@ -57,7 +57,8 @@ def load_torch(path: str | Path) -> Any:
     except FileNotFoundError:
         raise
     except Exception as err:
-        raise StoreError(f"{path} is corrupt or truncated ({type(err).__name__}); delete it to redo that step") from None
+        raise StoreError(f"{path} is corrupt or truncated ({type(err).__name__}); rerun with "
+                         "store.on_corrupt=redo to redo the step that wrote it") from None
 
 
 def load_json(path: str | Path) -> Any:
@@ -66,4 +67,5 @@ def load_json(path: str | Path) -> Any:
     except FileNotFoundError:
         raise
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise StoreError(f"{path} is corrupt or truncated ({type(err).__name__}); delete it to redo that step") from None
+        raise StoreError(f"{path} is corrupt or truncated ({type(err).__name__}); rerun with "
+                         "store.on_corrupt=redo to redo the step that wrote it") from None

@@ -16,15 +16,19 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from lottery.errors import StoreError
-from lottery.tracking.atomic import load_torch, save_json, save_text, save_torch
+from lottery.tracking.atomic import load_json, load_torch, save_json, save_text, save_torch
 from lottery.tracking.ranks import is_writer
+
+log = logging.getLogger(__name__)
 
 # Dotted keys that do not change results: logging, paths, progress bars and checkpoint cadence.
 # Control branches are stored inside the run they derive from, so they are not part of its hash either.
@@ -109,6 +113,39 @@ class RunStore:
 
     def level_done(self, level: int) -> bool:
         return (self.level(level) / "metrics.json").exists()
+
+    def verify(self, on_corrupt: str = "error") -> list[Path]:
+        """Check that every stored file loads. A corrupt one raises StoreError naming it, or with
+        on_corrupt="redo" the level (or branch) folder holding it is deleted so the run redoes it
+        (rewind.pt takes level 0 with it). Returns what was deleted."""
+        removed: list[Path] = []
+        if not self.writer or not self.path.exists():
+            return removed
+        for path in sorted(self.path.rglob("*")):
+            if not path.is_file() or path.suffix not in (".pt", ".ckpt", ".json") or "wandb" in path.parts:
+                continue
+            if any(p in removed or p in path.parents for p in removed):
+                continue
+            try:
+                load_json(path) if path.suffix == ".json" else load_torch(path)
+            except StoreError:
+                if on_corrupt != "redo":
+                    raise
+                if path.parent == self.path:  # a run-level file; θk belongs to level 0
+                    victim = self.level(0) if path.name == "rewind.pt" else path
+                elif path.suffix == ".ckpt":  # only the resume point: the level restarts from its beginning
+                    victim = path
+                else:
+                    victim = path.parent
+                log.warning("%s is corrupt; deleting %s to redo it", path, victim)
+                if victim.is_dir():
+                    shutil.rmtree(victim)
+                else:
+                    victim.unlink()
+                if path.name == "rewind.pt":
+                    path.unlink(missing_ok=True)
+                removed.append(victim)
+        return removed
 
     def save_torch(self, obj: Any, path: Path) -> None:
         if self.writer:

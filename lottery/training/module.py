@@ -43,10 +43,21 @@ class MaskedClassifier(L.LightningModule):
         return self.start_step + self.global_step
 
     def on_fit_start(self) -> None:
+        if self.trainer.world_size > 1:
+            self._check_same_mask_everywhere()
         params = dict(self.model.named_parameters())
         self._masked = [(params[n], m.to(self.device, params[n].dtype)) for n, m in self.mask.items() if not m.all()]
         self._apply_mask()
         self._train_loss = torch.zeros(2, device=self.device)
+
+    def _check_same_mask_everywhere(self) -> None:
+        """Every rank computes the mask itself; make sure they agree before training under it."""
+        digest = torch.tensor([float(sum(int(m.sum()) * (i + 1) for i, m in enumerate(self.mask.values()))),
+                               float(sum(int(m.flatten().nonzero()[:, 0].sum()) for m in self.mask.values()))],
+                              dtype=torch.float64, device=self.device)
+        gathered = self.all_gather(digest)
+        if not bool((gathered == digest).all()):
+            raise RuntimeError(f"the ranks hold different masks (digests {gathered.tolist()})")
 
     @torch.no_grad()
     def _apply_mask(self) -> None:
@@ -116,9 +127,9 @@ class MaskedClassifier(L.LightningModule):
             self.history.append(record)
         if self.trainer.loggers:
             metrics = {k.replace("_", "/", 1) if k != "iteration" else k: float(v) for k, v in record.items()}
-            self.log_dict(metrics, prog_bar=False, logger=True, add_dataloader_idx=False)
+            self.log_dict(metrics, prog_bar=False, logger=True, add_dataloader_idx=False, rank_zero_only=True)
         if "val_acc" in record:
-            self.log("val_acc", record["val_acc"], prog_bar=True, logger=False)
+            self.log("val_acc", record["val_acc"], prog_bar=True, logger=False, rank_zero_only=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["lottery_history"] = self.history
