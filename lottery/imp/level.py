@@ -77,13 +77,24 @@ def train_level(model: nn.Module, mask: Mask, datamodule: VisionDataModule, spec
     )
     if trainer.strategy.root_device.type != "cpu":
         datamodule.to(trainer.strategy.root_device)  # small datasets live on the accelerator
-    resume = checkpoint if checkpoint.exists() else None
+    resume = resume_checkpoint(checkpoint)
     if resume:
         log.info("Resuming from %s", resume)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     if not module.history or module.history[-1]["iteration"] != spec.iterations:
         trainer.validate(module, datamodule=datamodule, verbose=False)
+    for hpc in checkpoint.parent.glob("hpc_ckpt_*.ckpt"):
+        if trainer.is_global_zero:
+            hpc.unlink(missing_ok=True)
     return module
+
+
+def resume_checkpoint(checkpoint: Path) -> Path | None:
+    """The newest resume point of a level: our periodic `checkpoint`, or the `hpc_ckpt_N.ckpt` that Lightning's
+    SLURM environment writes when the job is pre-empted (SIGUSR1) before it requeues it."""
+    candidates = [checkpoint] if checkpoint.exists() else []
+    candidates += list(checkpoint.parent.glob("hpc_ckpt_*.ckpt"))
+    return max(candidates, key=lambda p: p.stat().st_mtime_ns) if candidates else None
 
 
 def early_stop(history: list[dict[str, float]]) -> dict[str, float] | None:
