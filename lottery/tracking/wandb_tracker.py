@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,8 @@ class WandbTracker:
         from lightning.pytorch.loggers import WandbLogger
 
         kwargs = self._init_kwargs(f"{self.group}-{self._suffix(level, tag)}", "imp-branch" if tag else "imp-level")
+        # An explicit id of its own: never the sweep agent's WANDB_RUN_ID (that one is the summary run's).
+        kwargs["id"] = secrets.token_hex(4)
         logger = WandbLogger(**{k: v for k, v in kwargs.items() if k not in ("dir", "mode")},
                              save_dir=str(self.run_dir), offline=self.mode == "offline",
                              **({"mode": self.mode} if self.mode == "disabled" else {}))
@@ -126,7 +129,8 @@ class WandbTracker:
         """The summary run: config, summary table, accuracy curves and accuracy vs % remaining, objective."""
         import wandb
 
-        run = wandb.init(**self._init_kwargs(f"{self.group}-summary", "imp-summary"))
+        # Under `wandb agent` this is the trial's run (its id is the agent's), so the sweep sees `objective`.
+        run = wandb.init(id=os.environ.get("WANDB_RUN_ID"), **self._init_kwargs(f"{self.group}-summary", "imp-summary"))
         columns = list(rows[0].keys()) if rows else []
         log: dict[str, Any] = {"summary_table": wandb.Table(columns=columns,
                                                             data=[[row[c] for c in columns] for row in rows])}
