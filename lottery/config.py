@@ -238,11 +238,22 @@ def validate(cfg: DictConfig) -> Any:
     _choice("job", cfg.job, JOBS)
     _choice("logger.name", cfg.logger.name, LOGGERS)
     _choice("logger.mode", cfg.logger.mode, WANDB_MODES)
+    _choice("store.on_corrupt", cfg.store.on_corrupt, ("error", "redo"))
+    _check_writable("store.root", cfg.store.root)
     if cfg.job == "oneshot":
         from lottery.llm.schema import validate_oneshot
 
         return validate_oneshot(cfg)
     return validate_imp(cfg)
+
+
+def _check_writable(key: str, folder: str) -> None:
+    """The folder, or the nearest existing folder above it, must be a writable directory."""
+    path = Path(folder).absolute()
+    while not path.exists():
+        path = path.parent
+    if not path.is_dir() or not os.access(path, os.W_OK):
+        raise ConfigError(f"{key}={folder} cannot be created: {path} is not a writable folder")
 
 
 def validate_imp(cfg: DictConfig) -> Steps:

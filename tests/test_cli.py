@@ -8,6 +8,8 @@ import sys
 
 import pytest
 from helpers import REPO, TINY
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lottery.run import precheck
 
@@ -40,6 +42,17 @@ BAD = [
     ("+exp=no_such_experiment", "exp"),
     ("model=no_such_model", "model"),
     ("training.iterations=3zz", "training.iterations"),
+    ("pruning.pattern=4:2", "pruning.pattern"),
+    ("pruning.pattern=diagonal", "pruning.pattern"),
+    ("pruning.pattern=neurons pruning=global", "pruning.pattern"),
+    ("training.batch_size=0", "training.batch_size"),
+    ("training.lr=-1", "training.lr"),
+    ("trainer=ddp_cpu training.batch_size=61", "training.batch_size"),
+    ("store.on_corrupt=ignore", "store.on_corrupt"),
+    ("+branch=random_reinit branch.name=lucky", "branch.name"),
+    ("+branch=retrain branch.levels=[99]", "branch.levels"),
+    ("logger.mode=sometimes", "logger.mode"),
+    ("data.val_size=60000", "data.val_size"),
 ]
 
 
@@ -64,6 +77,23 @@ def test_bad_config_exits_2_with_one_line(tmp_path, override: str, needle: str) 
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines
     assert not (tmp_path / "runs").exists(), "a bad command left a folder behind"
+
+
+def test_unwritable_store_root_is_rejected(tmp_path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    problem = precheck(["+exp=imp_lenet", f"store.root={blocker / 'runs'}"])
+    assert problem is not None and "store.root" in problem and str(blocker) in problem
+
+
+@settings(max_examples=40, deadline=None)
+@given(rate=st.floats(allow_nan=False, allow_infinity=False, min_value=-10, max_value=10))
+def test_any_rate_is_accepted_exactly_when_in_range(rate: float) -> None:
+    problem = precheck(["+exp=imp_lenet", f"pruning.rate={rate!r}"])
+    if 0 <= rate < 1:
+        assert problem is None
+    else:
+        assert problem is not None and "pruning.rate" in problem
 
 
 def test_missing_data_is_one_clear_line(tmp_path) -> None:
