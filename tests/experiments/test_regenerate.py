@@ -40,13 +40,14 @@ def test_list_names_every_figure(capsys) -> None:
 
 
 def test_lth_lenet_from_real_runs(tmp_path: Path, mnist_root: Path, capsys) -> None:
-    args = ["lth_lenet", "--seeds", "2", *TINY_SET, "--set", "imp.levels=1", "--set", "training.iterations=40"]
+    extra = ("imp.levels=1", "data.train_subset=600", "data.eval_subset=200", "training.iterations=20",
+             "training.eval_every=10")  # 2 seeds x (2 levels + 1 reinit branch): 6 very short trainings
+    args = ["lth_lenet", "--seeds", "2", *TINY_SET, *[a for o in extra for a in ("--set", o)]]
     assert main(args) == 0
     out = tmp_path / "figures" / "lth_lenet"
     for ext in ("png", "pdf", "csv"):
         assert (out / f"lth_lenet.{ext}").stat().st_size > 0
     rows = _csv(out / "lth_lenet.csv")
-    extra = ("imp.levels=1", "training.iterations=40")
     runs = [_run_path("+exp=imp_lenet", f"seed={s}", "+branch=random_reinit", f"branch.seed={1000 + s}", extra=extra)
             for s in range(2)]
     branch = "branch_random_reinit_s{}"
