@@ -102,7 +102,7 @@ class IMPConfig:
 @dataclass
 class BranchConfig:
     name: str = "random_reinit"
-    seed: int = 1
+    seed: int | None = None  # null: the run's seed + 1000, so a branch never reuses the ticket's randomness
     levels: list[int] | None = None  # which IMP levels get the branch; null = every pruned level
 
 
@@ -122,6 +122,7 @@ class LoggerConfig:
     project: str = "lottery"
     entity: str | None = None
     tags: list[str] = field(default_factory=list)
+    init_timeout: float = 30.0  # seconds to wait for W&B to start a run before falling back to offline
 
 
 @dataclass
@@ -305,6 +306,9 @@ def validate_imp(cfg: DictConfig) -> Steps:
                           "use pruning.strategy=layerwise (pruning=layerwise)")
     if cfg.get("branch") is not None:
         _choice("branch.name", cfg.branch.name, BRANCHES)
+        if cfg.branch.seed is not None and cfg.branch.seed == cfg.seed:
+            raise ConfigError(f"branch.seed={cfg.branch.seed} equals seed; a control branch needs other randomness "
+                              "than the ticket (leave branch.seed unset for seed + 1000)")
         for level in cfg.branch.levels or []:
             if not 1 <= level <= cfg.imp.levels:
                 raise ConfigError(f"branch.levels entry {level} is not a pruned level (1..{cfg.imp.levels})")

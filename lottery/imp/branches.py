@@ -33,7 +33,8 @@ def run_branch(exp: Any) -> list[dict[str, Any]]:
     branch, cfg = exp.cfg.branch, exp.cfg
     pruned = [1] if cfg.imp.oneshot else list(range(1, cfg.imp.levels + 1))
     levels = list(branch.levels) if branch.levels else pruned
-    tag = f"{branch.name}_s{branch.seed}"
+    seed = branch.seed if branch.seed is not None else cfg.seed + 1000
+    tag = f"{branch.name}_s{seed}"
     rows = []
     for level in levels:
         level_dir = exp.store.level(level)
@@ -46,16 +47,16 @@ def run_branch(exp: Any) -> list[dict[str, Any]]:
         data_seed = cfg.seed
         if branch.name == "random_reinit":
             info = DATASETS[cfg.data.name]
-            fresh = create_model(cfg.model.name, seed=branch.seed, init=cfg.model.init,
+            fresh = create_model(cfg.model.name, seed=seed, init=cfg.model.init,
                                  input_shape=info.input_shape, num_classes=info.num_classes)
             start, start_step = mask.apply_to_state(fresh.state_dict()), 0
         elif branch.name == "random_prune":
             from lottery.pruning.random import random_mask_like
 
-            mask = random_mask_like(mask, seed=branch.seed)
+            mask = random_mask_like(mask, seed=seed)
             start = mask.apply_to_state(_unmasked_source(exp, level))
         elif branch.name == "retrain":
-            data_seed = branch.seed
+            data_seed = seed
         else:
             raise ValueError(f"branch.name={branch.name!r} is unknown")
         exp.datamodule.seed = data_seed

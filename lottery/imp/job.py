@@ -171,7 +171,8 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
         if store.writer and cfg.logger.name != "none":
             tracker = make_tracker(cfg.logger.name, store.path, group=f"imp_{store.hash}",
                                    config=OmegaConf.to_container(cfg, resolve=True), mode=cfg.logger.mode,
-                                   project=cfg.logger.project, entity=cfg.logger.entity, tags=list(cfg.logger.tags))
+                                   project=cfg.logger.project, entity=cfg.logger.entity, tags=list(cfg.logger.tags),
+                                   init_timeout=cfg.logger.init_timeout)
         init_state = store.load_or_save(store.file("init.pt"),
                                         lambda: {k: v.clone() for k, v in model.state_dict().items()})
         exp = Experiment(cfg, steps, store, datamodule, tracker, model, init_state)

@@ -47,23 +47,48 @@ class WandbTracker:
     """Creates a Lightning `WandbLogger` per level and logs masks, tickets and the summary table."""
 
     def __init__(self, run_dir: Path, group: str, config: dict[str, Any], mode: str = "offline",
-                 project: str = "lottery", entity: str | None = None, tags: list[str] | None = None):
+                 project: str = "lottery", entity: str | None = None, tags: list[str] | None = None,
+                 init_timeout: float = 30.0):
         self.run_dir, self.group, self.config = Path(run_dir), group, config
         self.mode, self.project, self.entity, self.tags = mode, project, entity, list(tags or [])
+        self.init_timeout = init_timeout
+        self.failed = False
 
     def _init_kwargs(self, name: str, job_type: str) -> dict[str, Any]:
         import wandb
 
         return dict(project=self.project, entity=self.entity, group=self.group, name=name, job_type=job_type,
                     config=self.config, tags=self.tags, dir=str(self.run_dir), mode=self.mode,
-                    settings=wandb.Settings(console="off", silent=True, init_timeout=90))
+                    settings=wandb.Settings(console="off", silent=True, init_timeout=self.init_timeout))
 
     @staticmethod
     def _suffix(level: int, tag: str) -> str:
         return f"level{level:02d}" + (f"-{tag}" if tag else "")
 
+    def _guarded(self, open_run: Any) -> Any:
+        """Open a W&B run; if that fails (no network, no account), warn and carry on offline, or without W&B.
+
+        Trackers observe: a tracker problem must never stop or stall the training it observes.
+        """
+        if self.failed:
+            return False
+        try:
+            return open_run()
+        except Exception as err:  # wandb raises many kinds (CommError, UsageError, timeouts)
+            if self.mode == "online":
+                log.warning("W&B online logging failed (%s: %s); continuing offline — upload later with "
+                            "`wandb sync %s/wandb/offline-run-*`", type(err).__name__, err, self.run_dir)
+                self.mode = "offline"
+                return self._guarded(open_run)
+            log.warning("W&B logging failed (%s: %s); continuing without it", type(err).__name__, err)
+            self.failed = True
+            return False
+
     def level_logger(self, level: int, tag: str = "") -> Any:
         """A fresh W&B run for level `level` (or its branch `tag`), wrapped as a Lightning logger."""
+        return self._guarded(lambda: self._open_level_logger(level, tag))
+
+    def _open_level_logger(self, level: int, tag: str) -> Any:
         from lightning.pytorch.loggers import WandbLogger
 
         kwargs = self._init_kwargs(f"{self.group}-{self._suffix(level, tag)}", "imp-branch" if tag else "imp-level")
@@ -104,6 +129,8 @@ class WandbTracker:
         """Log the level's summary and its mask/ticket artifacts, then close its run."""
         import wandb
 
+        if not logger:
+            return
         run = logger.experiment
         run.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) or v is None})
         analysis = metrics.get("analysis") or {}
@@ -130,7 +157,10 @@ class WandbTracker:
         import wandb
 
         # Under `wandb agent` this is the trial's run (its id is the agent's), so the sweep sees `objective`.
-        run = wandb.init(id=os.environ.get("WANDB_RUN_ID"), **self._init_kwargs(f"{self.group}-summary", "imp-summary"))
+        run = self._guarded(lambda: wandb.init(id=os.environ.get("WANDB_RUN_ID"),
+                                               **self._init_kwargs(f"{self.group}-summary", "imp-summary")))
+        if not run:
+            return
         columns = list(rows[0].keys()) if rows else []
         log: dict[str, Any] = {"summary_table": wandb.Table(columns=columns,
                                                             data=[[row[c] for c in columns] for row in rows])}

@@ -61,8 +61,8 @@ def test_oneshot_reaches_the_same_sparsity_as_iterative(tmp_path, mnist_root) ->
 
 def test_control_branches(tmp_path, mnist_root) -> None:
     rows, path = _run(tmp_path, "imp.levels=1", "+branch=random_reinit")
-    assert [(r["level"], r["branch"]) for r in rows] == [(0, ""), (1, ""), (1, "random_reinit_s1")]
-    ticket, reinit = path / "level_01", path / "level_01" / "branch_random_reinit_s1"
+    assert [(r["level"], r["branch"]) for r in rows] == [(0, ""), (1, ""), (1, "random_reinit_s1000")]
+    ticket, reinit = path / "level_01", path / "level_01" / "branch_random_reinit_s1000"
     assert Mask(load_torch(reinit / "mask.pt")) == Mask(load_torch(ticket / "mask.pt"))
     assert not torch.equal(load_torch(reinit / "start.pt")["layers.0.weight"],
                            load_torch(ticket / "start.pt")["layers.0.weight"])

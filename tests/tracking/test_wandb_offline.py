@@ -42,3 +42,16 @@ def test_offline_runs_contain_metrics_and_artifacts(tmp_path, mnist_root) -> Non
         artifacts = {r["artifact"]["type"]: r["artifact"] for r in records if r["type"] == "artifact"}
         assert set(artifacts) == {"mask", "ticket"}
         assert artifacts["mask"]["metadata"] and "percent_remaining" in artifacts["mask"]["metadata"]
+
+
+def test_online_without_network_falls_back_to_offline(tmp_path, mnist_root, monkeypatch, caplog) -> None:
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+    cfg = make_config([*TINY, "imp.levels=0", "logger.mode=online", "logger.init_timeout=5",
+                       f"store.root={tmp_path / 'runs'}"])
+    with caplog.at_level("WARNING"):
+        rows = run(cfg)
+    assert len(rows) == 1 and rows[0]["final_test_acc"] > 0.5
+    assert any("continuing offline" in r.getMessage() for r in caplog.records)
+    (store,) = (tmp_path / "runs").glob("imp_*")
+    assert len(list((store / "wandb").glob("offline-run-*"))) == 2  # the level and the summary, kept offline
