@@ -249,7 +249,7 @@ def prune_variant(cfg: DictConfig, subject: Subject, method: str, pattern: str, 
     report = prune_model(model, method, p.sparsity, subject.calib_ids, n=n, m=m, blocksize=p.blocksize,
                          percdamp=p.percdamp, per_row=p.per_row, true_sequential=p.true_sequential,
                          include=list(p.include) or None, exclude=list(p.exclude) or None, device=_device(cfg),
-                         progress=cfg.progress_bar)
+                         devices=list(p.get("devices") or []) or None, progress=cfg.progress_bar)
     prune_seconds = time.perf_counter() - began
     began = time.perf_counter()
     score = subject.evaluate(model)

@@ -85,6 +85,7 @@ class PruneConfig:
     true_sequential: bool = False  # re-collect statistics after each group of layers of a block
     include: list[str] = field(default_factory=list)  # globs over layer names; empty = every block linear
     exclude: list[str] = field(default_factory=list)
+    devices: list[str] = field(default_factory=list)  # e.g. [cuda:0, cuda:1]: data-parallel calibration
 
 
 @dataclass
@@ -211,6 +212,9 @@ def validate_oneshot(cfg: DictConfig) -> None:
         raise ConfigError(f"model.kind={cfg.model.get('kind')!r} is not allowed; choose one of {', '.join(MODEL_KINDS)}")
     if cfg.model.dtype not in DTYPES:
         raise ConfigError(f"model.dtype={cfg.model.dtype!r} is not allowed; choose one of {', '.join(DTYPES)}")
+    for entry in cfg.prune.get("devices") or []:
+        if not (str(entry) == "cpu" or str(entry) == "cuda" or str(entry).startswith("cuda:")):
+            raise ConfigError(f"prune.devices entry {entry!r} is not a device; use cpu, cuda or cuda:N")
     device = str(cfg.model.device)
     if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
         raise ConfigError(f"model.device={device!r} is not allowed; choose cpu, cuda or cuda:N")

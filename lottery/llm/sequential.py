@@ -4,12 +4,18 @@ Block 0's inputs are captured with a forward pre-hook that aborts the model's fo
 block runs on its own: collect per-layer input statistics, prune, re-run the *pruned* block to get the
 next block's inputs. Only the current block sits on ``device``, so peak accelerator memory is about one
 block plus the calibration activations.
+
+With several ``devices`` the calibration is data-parallel: each device holds a replica of the current block
+and a share of the calibration rows; the per-device input statistics are merged (sample-weighted) before
+the solve on the first device, and the pruned weights are copied back into the replicas.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -117,40 +123,81 @@ def _prune_layer(method: str, W: Tensor, stats: InputStats | None, sparsity: flo
     return sparsegpt_prune(W, stats.H, sparsity, n, m, blocksize=opts["blocksize"], percdamp=opts["percdamp"])
 
 
-def _collect_stats(
-    block: nn.Module, layers: dict[str, nn.Module], inps: list[Tensor], args: tuple, kwargs: dict,
-    device: torch.device, gram: bool,
-) -> dict[str, InputStats]:
-    stats = {name: InputStats(get_weight(module).shape[1], device, gram) for name, module in layers.items()}
-    handles = [
-        module.register_forward_hook(lambda _mod, inp, _out, st=stats[name]: st.add_batch(inp[0].detach()))
-        for name, module in layers.items()
-    ]
-    try:
-        run_block(block, inps, args, kwargs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return stats
+def _to(value: Any, device: torch.device) -> Any:
+    """`value` with every tensor inside tuples, lists and dicts moved to `device`."""
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _to(v, device) for k, v in value.items()}
+    return value
 
 
-def _prune_block(
-    block: nn.Module, groups: list[dict[str, nn.Module]], inps: list[Tensor], args: tuple, kwargs: dict,
-    report: PruneReport, opts: dict,
-) -> None:
-    """Prune one block's layer groups in order; each group's statistics see the earlier groups pruned."""
+@dataclass
+class _Shard:
+    """One device's part of the calibration: a replica of the current block and its share of the rows."""
+
+    device: torch.device
+    inps: list[Tensor]
+    args: tuple
+    kwargs: dict
+    block: nn.Module | None = None
+    layers: dict[str, nn.Module] | None = None
+
+
+def _merge_stats(parts: list[InputStats], device: torch.device) -> InputStats:
+    """Statistics of the union of the shards' rows: the running averages weighted by their sample counts."""
+    if len(parts) == 1:
+        return parts[0]
+    total = sum(p.nsamples for p in parts)
+    merged = InputStats(parts[0].sq_norm.shape[0], device, gram=parts[0].H is not None)
+    merged.nsamples = total
+    merged.sq_norm = sum(p.sq_norm.to(device) * (p.nsamples / total) for p in parts)
+    if merged.H is not None:
+        merged.H = sum(p.H.to(device) * (p.nsamples / total) for p in parts)
+    return merged
+
+
+def _collect_stats(shards: list[_Shard], names: list[str], gram: bool) -> dict[str, InputStats]:
+    """Per-layer input statistics of layers `names`, gathered on every shard (queued device by device, so
+    accelerators overlap) and merged onto the first shard's device."""
+    per_shard = []
+    for shard in shards:
+        stats = {name: InputStats(get_weight(shard.layers[name]).shape[1], shard.device, gram) for name in names}
+        handles = [
+            shard.layers[name].register_forward_hook(lambda _m, inp, _o, st=stats[name]: st.add_batch(inp[0].detach()))
+            for name in names
+        ]
+        try:
+            run_block(shard.block, shard.inps, shard.args, shard.kwargs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        per_shard.append(stats)
+    return {name: _merge_stats([stats[name] for stats in per_shard], shards[0].device) for name in names}
+
+
+def _prune_block(shards: list[_Shard], groups: list[list[str]], report: PruneReport, opts: dict) -> None:
+    """Prune one block's layer groups in order; each group's statistics see the earlier groups pruned.
+
+    The solve runs on the first shard's block; the other replicas get the pruned weights copied in.
+    """
     method, n, m = report.method, opts["n"], opts["m"]
-    for layers in groups:
+    main = shards[0]
+    for names in groups:
         stats = {}
-        if inps:
+        if main.inps:
             gram = opts["record_error"] or method == "sparsegpt"
-            stats = _collect_stats(block, layers, inps, args, kwargs, opts["device"], gram)
-        for name, module in layers.items():
-            st = stats.get(name)
+            stats = _collect_stats(shards, names, gram)
+        for name in names:
+            module, st = main.layers[name], stats.get(name)
             W = get_weight(module)
             W_new, mask = _prune_layer(method, W, st, report.sparsity, opts)
             err = relative_error(W, W_new, st.H) if st is not None and st.H is not None else None
             set_weight(module, W_new)
+            for replica in shards[1:]:
+                replica.layers[name].weight.data.copy_(module.weight.data)
             report.masks[f"{name}.weight"] = to_param_layout(module, mask).cpu()
             report.layers.append(LayerReport(
                 name=name, shape=tuple(W.shape), pruned=int((~mask).sum()), numel=mask.numel(),
@@ -175,6 +222,7 @@ def prune_model(
     include: str | Sequence[str] | None = None,
     exclude: str | Sequence[str] | None = None,
     device: torch.device | str | None = None,
+    devices: Sequence[torch.device | str] | None = None,
     record_error: bool = True,
     progress: bool = True,
 ) -> PruneReport:
@@ -184,7 +232,9 @@ def prune_model(
     for magnitude, then no errors are recorded). ``device`` is where each block is computed (default: the
     model's device); the other blocks stay where they are. ``true_sequential`` prunes q/k/v, then the
     attention output, then up/gate, then down, re-collecting statistics after each group. Embeddings and
-    heads are never touched; ``include``/``exclude`` are globs over full layer names. Returns a PruneReport
+    heads are never touched; ``include``/``exclude`` are globs over full layer names. ``devices`` (two or
+    more) makes the calibration data-parallel: rows are dealt round-robin to replicas of the current block
+    on each device, and their statistics merged before each solve on ``devices[0]``. Returns a PruneReport
     (per-layer sparsity, ||WX - W'X|| / ||WX|| on the calibration inputs, N:M validity, keep-masks).
     """
     if method not in METHODS:
@@ -197,7 +247,11 @@ def prune_model(
         raise ValueError(f"calib_ids must be [nsamples, seqlen], got shape {tuple(calib_ids.shape)}")
     family = get_family(model)
     blocks_path, blocks = find_blocks(model)
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if devices is not None and len(devices) > 1:
+        device_list = [torch.device(d) for d in devices]
+    else:
+        device_list = [torch.device(device) if device is not None else next(model.parameters()).device]
+    device = device_list[0]
     opts = {"n": n, "m": m, "per_row": per_row, "blocksize": blocksize, "percdamp": percdamp,
             "record_error": record_error, "device": device}
     report = PruneReport(method=method, sparsity=float(sparsity), n=n, m=m)
@@ -210,16 +264,23 @@ def prune_model(
         if calib_ids is not None:
             with _outside_blocks_on(model, blocks_path, device):
                 inps, args, kwargs = capture_block_inputs(model, blocks, calib_ids, device)
+        shards = [_Shard(d, [x.to(d) for x in inps[k::len(device_list)]], _to(args, d), _to(kwargs, d))
+                  for k, d in enumerate(device_list)]
+        del inps
         for i in tqdm(range(len(blocks)), desc=f"{method} pruning", unit="block", disable=not progress):
             block, prefix = blocks[i], f"{blocks_path}.{i}"
             home = next(block.parameters()).device
             block.to(device)
-            layers = find_layers(block, prefix, include, exclude)
-            names = sequential_groups(family, list(layers), prefix) if true_sequential else [list(layers)]
-            groups = [{name: layers[name] for name in group} for group in names]
-            _prune_block(block, groups, inps, args, kwargs, report, opts)
-            if inps:
-                inps = run_block(block, inps, args, kwargs)  # the pruned block feeds the next one
+            for k, shard in enumerate(shards):
+                shard.block = block if k == 0 else copy.deepcopy(block).to(shard.device)
+                shard.layers = find_layers(shard.block, prefix, include, exclude)
+            names = list(shards[0].layers)
+            groups = sequential_groups(family, names, prefix) if true_sequential else [names]
+            _prune_block(shards, groups, report, opts)
+            for shard in shards:
+                if shard.inps:
+                    shard.inps = run_block(shard.block, shard.inps, shard.args, shard.kwargs)  # feeds the next block
+                shard.block, shard.layers = None, None
             block.to(home)
     finally:
         model.config.use_cache = use_cache
