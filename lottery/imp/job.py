@@ -102,7 +102,8 @@ class Experiment:
                          gamma=t.gamma, eval_every=t.eval_every, checkpoint_every=t.checkpoint_every,
                          accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
                          strategy=cfg.trainer.strategy, num_nodes=cfg.trainer.num_nodes,
-                         deterministic=cfg.trainer.deterministic, progress_bar=cfg.progress_bar)
+                         deterministic=cfg.trainer.deterministic, progress_bar=cfg.progress_bar,
+                         engine=t.engine)
 
     def train(self, folder: Path, level: int, mask: Mask, start: dict[str, Any], start_step: int, tag: str = "",
               rewind: tuple[int, Callable] | None = None, finetune: bool = False,

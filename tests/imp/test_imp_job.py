@@ -144,3 +144,14 @@ def test_global_pruning_keeps_the_global_count(tmp_path, mnist_root) -> None:
     kept = torch.cat([final[n].abs()[mask[n]] for n in pool])
     pruned = torch.cat([final[n].abs()[~mask[n]] for n in pool])
     assert kept.min() >= pruned.max()
+
+
+def test_fabric_engine_gives_the_same_run(tmp_path, mnist_root) -> None:
+    _, trainer = _run(tmp_path, "imp.levels=1", root="trainer")
+    _, fabric = _run(tmp_path, "imp.levels=1", "training.engine=fabric", root="fabric")
+    for level in ("level_00", "level_01"):
+        a, b = load_torch(trainer / level / "final.pt"), load_torch(fabric / level / "final.pt")
+        assert all(torch.equal(a[k], b[k]) for k in a), level
+        ha = json.loads((trainer / level / "metrics.json").read_text())["history"]
+        hb = json.loads((fabric / level / "metrics.json").read_text())["history"]
+        assert ha == hb
