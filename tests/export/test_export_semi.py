@@ -49,10 +49,18 @@ def test_matches_masked_dense_on_gpu(dtype, backend, tokens):
     bias = torch.randn(256, device="cuda", generator=g).to(dtype)
     lin = SemiStructuredLinear(w, bias, backend=backend)
     x = torch.randn(3, tokens, 512, device="cuda", generator=g).to(dtype)
-    ref = torch.nn.functional.linear(x, w, bias).float()
-    out = lin(x).float()
-    assert out.shape == ref.shape
-    assert float((out - ref).norm() / ref.norm()) <= 1e-3
+    exact = torch.nn.functional.linear(x.double(), w.double(), bias.double())
+    dense = torch.nn.functional.linear(x, w, bias).double()
+    out = lin(x).double()
+    assert out.shape == exact.shape
+
+    def rel(y: torch.Tensor) -> float:
+        return float((y - exact).norm() / exact.norm())
+
+    # Both outputs are rounded to `dtype`; bf16's rounding alone is ~1e-3 relative, so the export must be
+    # within 1e-3 of the exact product or, where the dtype's own rounding is larger, no worse than 2x the
+    # dense layer's error in the same dtype.
+    assert rel(out) <= max(1e-3, 2 * rel(dense)), (rel(out), rel(dense))
 
 
 @pytest.mark.gpu
