@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,34 +25,12 @@ from lottery.training import (
     RewindCapture,
 )
 from lottery.training.fast import FabricLevel, train_level_fabric
+from lottery.training.spec import LevelSpec
 
 log = logging.getLogger(__name__)
 # Lightning's per-Trainer banners (accelerator info, tips) repeat at every level; keep warnings only.
 logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-
-
-@dataclass
-class LevelSpec:
-    """Everything that defines the training of one level (plain values, no config objects)."""
-
-    start_step: int
-    iterations: int
-    optimizer: str
-    lr: float
-    momentum: float
-    weight_decay: float
-    milestones: tuple[int, ...]
-    gamma: float
-    eval_every: int
-    checkpoint_every: int
-    accelerator: str = "cpu"
-    devices: int = 1
-    strategy: str = "auto"
-    num_nodes: int = 1
-    deterministic: bool = True
-    progress_bar: bool = True
-    engine: str = "trainer"  # trainer | fabric (see lottery.config.ENGINES)
 
 
 def train_level(model: nn.Module, mask: Mask, datamodule: VisionDataModule, spec: LevelSpec, checkpoint: Path,

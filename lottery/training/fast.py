@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,30 +24,9 @@ from tqdm.auto import tqdm
 from lottery.data import VisionDataModule
 from lottery.pruning import Mask
 from lottery.tracking.atomic import save_torch
+from lottery.training.spec import LevelSpec
 
 CHECKPOINT_FORMAT = "lottery-fabric-v1"
-
-
-class LevelSpecLike(Protocol):
-    """The fields of `lottery.imp.level.LevelSpec` this engine reads (training must not import imp: imports
-    flow downward)."""
-
-    start_step: int
-    iterations: int
-    optimizer: str
-    lr: float
-    momentum: float
-    weight_decay: float
-    milestones: tuple[int, ...]
-    gamma: float
-    eval_every: int
-    checkpoint_every: int
-    accelerator: str
-    devices: int
-    strategy: str
-    num_nodes: int
-    deterministic: bool
-    progress_bar: bool
 
 
 @dataclass
@@ -94,7 +73,7 @@ def evaluate(model: nn.Module, loaders: list[Any]) -> list[torch.Tensor]:
     return sums
 
 
-def train_level_fabric(model: nn.Module, mask: Mask, datamodule: VisionDataModule, spec: LevelSpecLike,
+def train_level_fabric(model: nn.Module, mask: Mask, datamodule: VisionDataModule, spec: LevelSpec,
                        checkpoint: Path, logger: Any = False, rewind: tuple[int, Callable] | None = None,
                        description: str = "train", fail_after: int | None = None) -> FabricLevel:
     """Train `model` (holding the level's start weights) from `spec.start_step` to `spec.iterations` under Fabric.

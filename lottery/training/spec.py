@@ -1,0 +1,28 @@
+"""LevelSpec: everything that defines the training of one IMP level, as plain values (no config objects)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class LevelSpec:
+    """Everything that defines the training of one level; both training engines read it."""
+
+    start_step: int
+    iterations: int
+    optimizer: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    milestones: tuple[int, ...]
+    gamma: float
+    eval_every: int
+    checkpoint_every: int
+    accelerator: str = "cpu"
+    devices: int = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+    deterministic: bool = True
+    progress_bar: bool = True
+    engine: str = "trainer"  # trainer | fabric (see lottery.config.ENGINES)
