@@ -24,7 +24,9 @@ STRUCTURED_PATTERNS = ("neurons", "filters", "channels")
 NORMS = ("l1", "l2")
 BRANCHES = ("random_reinit", "random_prune", "retrain")
 OPTIMIZERS = ("adam", "sgd")
-ENGINES = ("trainer", "fabric")  # how a level is trained: Lightning Trainer, or Lightning Fabric (faster)
+# How a level is trained: Lightning's Trainer; Lightning Fabric (same results, less per-step overhead); or
+# batched: every seed's level and control branch at once as vmapped replicates (lottery.imp.batched).
+ENGINES = ("trainer", "fabric", "batched")
 LOGGERS = ("wandb", "none")
 WANDB_MODES = ("offline", "online", "disabled")
 
@@ -77,7 +79,8 @@ class TrainingConfig:
     gamma: float = 0.1
     eval_every: int = 100
     checkpoint_every: int = 1000
-    engine: str = "trainer"  # trainer | fabric: the same results, fabric has far less per-step overhead
+    engine: str = "trainer"  # trainer | fabric | batched (see ENGINES)
+    cuda_graph: bool = True  # engine=batched on a GPU: capture the training step in a CUDA graph
 
 
 @dataclass
@@ -139,6 +142,9 @@ class Config:
     job: str = "imp"
     name: str = "custom"
     seed: int = 0
+    # IMP: the runs of these seeds (each its own run folder, as if run with seed=s); training.engine=batched
+    # trains them together. null: just `seed`.
+    seeds: list[int] | None = None
     progress_bar: bool = True
     model: Any = None
     data: Any = None
@@ -287,9 +293,20 @@ def validate_imp(cfg: DictConfig) -> Steps:
     if cfg.training.batch_size % processes:
         raise ConfigError(f"training.batch_size={cfg.training.batch_size} must be divisible by the {processes} "
                           "training processes (trainer.devices × trainer.num_nodes)")
-    if cfg.training.get("engine", "trainer") == "fabric" and processes > 1:
-        raise ConfigError(f"training.engine=fabric trains on one device, not {processes} processes; "
-                          "use training.engine=trainer for DDP")
+    engine = cfg.training.get("engine", "trainer")
+    if engine in ("fabric", "batched") and (processes > 1 or cfg.trainer.strategy not in ("auto", "single_device")):
+        raise ConfigError(f"training.engine={engine} trains on one device, not {processes} processes "
+                          f"(trainer.strategy={cfg.trainer.strategy}); use training.engine=trainer for DDP")
+    if engine == "batched" and cfg.data.augment:
+        raise ConfigError("training.engine=batched does not augment batches; set data.augment=false or use "
+                          "training.engine=fabric")
+    seeds = cfg.get("seeds")
+    if seeds is not None:
+        if len(seeds) == 0 or len(set(seeds)) != len(seeds):
+            raise ConfigError(f"seeds={list(seeds)} must be a non-empty list of distinct seeds")
+        if cfg.get("branch") is not None and cfg.branch.seed is not None and cfg.branch.seed in seeds:
+            raise ConfigError(f"branch.seed={cfg.branch.seed} is one of seeds; a control branch needs other "
+                              "randomness than the tickets (leave branch.seed unset for seed + 1000)")
     if cfg.data.val_size < 0:
         raise ConfigError(f"data.val_size={cfg.data.val_size} must be >= 0")
     for key in ("train_subset", "eval_subset"):

@@ -28,43 +28,54 @@ def _unmasked_source(exp: Any, level: int) -> dict:
     return exp.final_state(exp.store.level(level - 1))
 
 
+def branch_tag(cfg: Any) -> str:
+    """The branch's folder suffix and W&B tag: <name>_s<seed> (seed null: the run's seed + 1000)."""
+    seed = cfg.branch.seed if cfg.branch.seed is not None else cfg.seed + 1000
+    return f"{cfg.branch.name}_s{seed}"
+
+
+def branch_levels(cfg: Any) -> list[int]:
+    """The pruned levels that get the control branch."""
+    pruned = [1] if cfg.imp.oneshot else list(range(1, cfg.imp.levels + 1))
+    return list(cfg.branch.levels) if cfg.branch.levels else pruned
+
+
+def branch_plan(exp: Any, level: int, ticket_mask: Mask, ticket_start: dict, start_step: int) -> Any:
+    """The control branch of level `level`, whose ticket is (`ticket_mask`, `ticket_start`, `start_step`)."""
+    from lottery.imp.job import LevelPlan
+
+    cfg, branch = exp.cfg, exp.cfg.branch
+    tag = branch_tag(cfg)
+    seed = int(tag.rsplit("_s", 1)[1])
+    mask, start, data_seed = ticket_mask, ticket_start, cfg.seed
+    if branch.name == "random_reinit":
+        info = DATASETS[cfg.data.name]
+        fresh = create_model(cfg.model.name, seed=seed, init=cfg.model.init,
+                             input_shape=info.input_shape, num_classes=info.num_classes)
+        start, start_step = mask.apply_to_state(fresh.state_dict()), 0
+    elif branch.name == "random_prune":
+        from lottery.pruning.random import random_mask_like
+
+        mask = random_mask_like(ticket_mask, seed=seed)
+        start = mask.apply_to_state(_unmasked_source(exp, level))
+    elif branch.name == "retrain":
+        data_seed = seed
+    else:
+        raise ValueError(f"branch.name={branch.name!r} is unknown")
+    return LevelPlan(level, exp.store.level(level) / f"branch_{tag}", mask, start, start_step, tag=tag,
+                     finetune=cfg.imp.rewind == "finetune" and branch.name != "random_reinit",
+                     compare_to=ticket_mask, data_seed=data_seed)
+
+
 def run_branch(exp: Any) -> list[dict[str, Any]]:
     """Train `exp.cfg.branch` beside every requested pruned level; return one summary row per level."""
-    branch, cfg = exp.cfg.branch, exp.cfg
-    pruned = [1] if cfg.imp.oneshot else list(range(1, cfg.imp.levels + 1))
-    levels = list(branch.levels) if branch.levels else pruned
-    seed = branch.seed if branch.seed is not None else cfg.seed + 1000
-    tag = f"{branch.name}_s{seed}"
     rows = []
-    for level in levels:
+    for level in branch_levels(exp.cfg):
         level_dir = exp.store.level(level)
         level_metrics = exp.metrics(level_dir)
         if level_metrics is None:
             raise StoreError(f"level {level} of {exp.store.path} has not finished; its branch needs it")
-        mask = ticket_mask = Mask(load_torch(level_dir / "mask.pt"))
-        start = load_torch(level_dir / "start.pt")
-        start_step = level_metrics["start_step"]
-        data_seed = cfg.seed
-        if branch.name == "random_reinit":
-            info = DATASETS[cfg.data.name]
-            fresh = create_model(cfg.model.name, seed=seed, init=cfg.model.init,
-                                 input_shape=info.input_shape, num_classes=info.num_classes)
-            start, start_step = mask.apply_to_state(fresh.state_dict()), 0
-        elif branch.name == "random_prune":
-            from lottery.pruning.random import random_mask_like
-
-            mask = random_mask_like(mask, seed=seed)
-            start = mask.apply_to_state(_unmasked_source(exp, level))
-        elif branch.name == "retrain":
-            data_seed = seed
-        else:
-            raise ValueError(f"branch.name={branch.name!r} is unknown")
-        exp.datamodule.seed = data_seed
-        try:
-            metrics = exp.train(level_dir / f"branch_{tag}", level, mask, start, start_step, tag=tag,
-                                finetune=cfg.imp.rewind == "finetune" and branch.name != "random_reinit",
-                                compare_to=ticket_mask)
-        finally:
-            exp.datamodule.seed = cfg.seed
-        rows.append(summary_row(metrics, branch=tag))
+        plan = branch_plan(exp, level, Mask(load_torch(level_dir / "mask.pt")), load_torch(level_dir / "start.pt"),
+                           level_metrics["start_step"])
+        rows.append(summary_row(exp.train(plan), branch=plan.tag))
     return rows

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lottery.config import Steps, parse_nm, validate_imp
 from lottery.data import DATASETS, VisionDataModule
@@ -105,40 +104,77 @@ class Experiment:
                          deterministic=cfg.trainer.deterministic, progress_bar=cfg.progress_bar,
                          engine=t.engine)
 
-    def train(self, folder: Path, level: int, mask: Mask, start: dict[str, Any], start_step: int, tag: str = "",
-              rewind: tuple[int, Callable] | None = None, finetune: bool = False,
-              compare_to: Mask | None = None) -> dict[str, Any]:
-        """Train one level or branch into `folder` (mask.pt, start.pt, final.pt, metrics.json), unless done.
-
-        `compare_to` is the mask whose overlap with this one is recorded (the previous level's, or the ticket's).
-        """
-        if (done := self.metrics(folder)) is not None:
-            return done
+    def begin(self, plan: LevelPlan) -> tuple[Mask, dict[str, Any], LevelSpec]:
+        """Record the plan's mask and start weights in its folder (or read them back when a killed level
+        resumes), and give the (mask, start weights, training spec) to train."""
         store = self.store
-        mask = Mask(store.load_or_save(folder / "mask.pt", mask.state_dict))
-        self.model.load_state_dict(store.load_or_save(folder / "start.pt", lambda: start))
-        spec = self.spec(start_step)
-        if finetune:
+        mask = Mask(store.load_or_save(plan.folder / "mask.pt", plan.mask.state_dict))
+        start = store.load_or_save(plan.folder / "start.pt", lambda: plan.start)
+        spec = self.spec(plan.start_step)
+        if plan.finetune:
             spec = level_schedule("finetune", spec)
-        label = f"level {level}/{self.cfg.imp.levels}" + (f" {tag}" if tag else "")
-        log.info("%s: %.2f%% of weights remaining, iterations %d..%d", label, 100 * mask.total_density(),
-                 start_step, spec.iterations)
-        logger = self.tracker.level_logger(level, tag)
-        began = time.perf_counter()
-        module = train_level(self.model, mask, self.datamodule, spec, folder / "last.ckpt", logger=logger,
-                             rewind=rewind, description=label)
-        metrics = level_metrics(level, mask, module.history, start_step, spec.iterations,
-                                time.perf_counter() - began)
-        metrics["analysis"] = mask_analysis(mask, self.init_state, compare_to)
-        final = {k: v.detach().cpu().clone() for k, v in module.model.state_dict().items()}
-        self._finals[folder], self._metrics[folder] = final, metrics
-        store.save_torch(final, folder / "final.pt")
-        store.save_json(metrics, folder / "metrics.json")
-        if store.writer:
-            (folder / "last.ckpt").unlink(missing_ok=True)
-        self.tracker.end_level(level, logger, metrics, {"mask": folder / "mask.pt", "ticket": folder / "start.pt"},
-                               tag)
+        return mask, start, spec
+
+    def label(self, plan: LevelPlan) -> str:
+        return f"level {plan.level}/{self.cfg.imp.levels}" + (f" {plan.tag}" if plan.tag else "")
+
+    def finish(self, plan: LevelPlan, mask: Mask, spec: LevelSpec, history: list[dict[str, float]],
+               final: dict[str, Any], seconds: float, logger: Any, extra: dict[str, Any] | None = None
+               ) -> dict[str, Any]:
+        """Write a trained level's final weights and metrics (metrics.json last: it marks the level done)."""
+        store = self.store
+        metrics = level_metrics(plan.level, mask, history, plan.start_step, spec.iterations, seconds)
+        metrics["analysis"] = mask_analysis(mask, self.init_state, plan.compare_to)
+        metrics.update(extra or {})
+        self._finals[plan.folder], self._metrics[plan.folder] = final, metrics
+        store.save_torch(final, plan.folder / "final.pt")
+        store.save_json(metrics, plan.folder / "metrics.json")
+        self.tracker.end_level(plan.level, logger, metrics,
+                               {"mask": plan.folder / "mask.pt", "ticket": plan.folder / "start.pt"}, plan.tag)
         return metrics
+
+    def train(self, plan: LevelPlan) -> dict[str, Any]:
+        """Train one level or branch into `plan.folder` (mask.pt, start.pt, final.pt, metrics.json), unless done."""
+        if (done := self.metrics(plan.folder)) is not None:
+            return done
+        mask, start, spec = self.begin(plan)
+        self.model.load_state_dict(start)
+        label = self.label(plan)
+        log.info("%s: %.2f%% of weights remaining, iterations %d..%d", label, 100 * mask.total_density(),
+                 plan.start_step, spec.iterations)
+        logger = self.tracker.level_logger(plan.level, plan.tag)
+        rewind = None
+        if plan.rewind_at is not None:
+            rewind = (plan.rewind_at, lambda state: save_rewind(self, state))
+        seed = self.datamodule.seed
+        self.datamodule.seed = plan.data_seed if plan.data_seed is not None else self.cfg.seed
+        began = time.perf_counter()
+        try:
+            module = train_level(self.model, mask, self.datamodule, spec, plan.folder / "last.ckpt",
+                                 logger=logger, rewind=rewind, description=label)
+        finally:
+            self.datamodule.seed = seed
+        final = {k: v.detach().cpu().clone() for k, v in module.model.state_dict().items()}
+        metrics = self.finish(plan, mask, spec, module.history, final, time.perf_counter() - began, logger)
+        if self.store.writer:
+            (plan.folder / "last.ckpt").unlink(missing_ok=True)
+        return metrics
+
+
+@dataclass
+class LevelPlan:
+    """What one level (or control branch) trains: where it is stored, its mask, start weights and schedule."""
+
+    level: int
+    folder: Path
+    mask: Mask
+    start: dict[str, Any]
+    start_step: int
+    tag: str = ""  # a control branch's name, e.g. "random_reinit_s1000"; "" for the level itself
+    rewind_at: int | None = None  # save θ at this iteration as the run's rewind point (level 0 only)
+    finetune: bool = False
+    compare_to: Mask | None = None  # the mask whose overlap with this one is recorded
+    data_seed: int | None = None  # the data order's seed; None: the run's seed
 
 
 def _pruning_rates(cfg: DictConfig, model: Any) -> tuple[dict[str, float | None], str]:
@@ -149,11 +185,39 @@ def _pruning_rates(cfg: DictConfig, model: Any) -> tuple[dict[str, float | None]
                          list(p.exclude)), output_name
 
 
-def run(cfg: DictConfig) -> list[dict[str, Any]]:
-    """Run (or resume) the IMP experiment described by `cfg`, and its control branch if one is configured.
+def seed_configs(cfg: DictConfig) -> list[DictConfig]:
+    """One config per run `cfg` asks for: `seed`, or each of `seeds` (as if run with seed=s)."""
+    if not cfg.get("seeds"):
+        return [cfg]
+    configs = []
+    for seed in cfg.seeds:
+        one = cfg.copy()
+        with open_dict(one):
+            one.seed, one.seeds = int(seed), None
+        configs.append(one)
+    return configs
 
-    Everything that can reject the input (config, data, pruning pattern) runs before the run folder exists.
+
+def run(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Run (or resume) the IMP experiment described by `cfg` (every run of `seeds`, if set), with its control
+    branch if one is configured. Rows of several seeds carry a "seed" key.
+
+    Everything that can reject the input (config, data, pruning pattern) runs before a run folder exists.
     """
+    configs = seed_configs(cfg)
+    if cfg.training.engine == "batched":
+        from lottery.imp.batched import run_batched
+
+        return run_batched(configs)
+    if len(configs) == 1:
+        return run_one(configs[0])
+    for one in configs:  # reject every run's input before the first one trains
+        validate_imp(one)
+    return [{"seed": one.seed, **row} for one in configs for row in run_one(one)]
+
+
+def prepare(cfg: DictConfig) -> tuple[Steps, VisionDataModule, Any, dict[str, float | None], str]:
+    """Validate a run and build what it needs before its folder exists: steps, data, model, pruning rates."""
     steps = validate_imp(cfg)
     seed_everything(cfg.seed)
     d, info = cfg.data, DATASETS[cfg.data.name]
@@ -164,28 +228,46 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
                          num_classes=info.num_classes)
     rates, output_name = _pruning_rates(cfg, model)
     _check_pattern(model.state_dict(), Mask.ones(model, prunable_names(model)), rates, cfg.pruning, output_name)
+    return steps, datamodule, model, rates, output_name
 
+
+def open_experiment(cfg: DictConfig, steps: Steps, datamodule: VisionDataModule, model: Any,
+                    store: RunStore) -> Experiment:
+    """The shared state of a run whose store is open: verified files, tracker, θ0 (saved once)."""
+    log.info("Run folder: %s", store.path)
+    store.verify(cfg.store.on_corrupt)
+    tracker = NullTracker()
+    if store.writer and cfg.logger.name != "none":
+        tracker = make_tracker(cfg.logger.name, store.path, group=f"imp_{store.hash}",
+                               config=OmegaConf.to_container(cfg, resolve=True), mode=cfg.logger.mode,
+                               project=cfg.logger.project, entity=cfg.logger.entity, tags=list(cfg.logger.tags),
+                               init_timeout=cfg.logger.init_timeout)
+    init_state = store.load_or_save(store.file("init.pt"),
+                                    lambda: {k: v.clone() for k, v in model.state_dict().items()})
+    return Experiment(cfg, steps, store, datamodule, tracker, model, init_state)
+
+
+def close_experiment(exp: Experiment, rows: list[dict[str, Any]]) -> None:
+    """Write the run's summary (store and tracker) and print its table."""
+    exp.store.save_json(rows, exp.store.file("summary.json"))
+    exp.tracker.end_experiment(rows)
+    if exp.store.writer:
+        cfg = exp.cfg
+        print(format_summary(rows, title=f"IMP {cfg.name} seed {cfg.seed} ({cfg.model.name} on {cfg.data.name}) "
+                             f"— {exp.store.path}"))
+
+
+def run_one(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Run (or resume) one seed's IMP experiment, level after level, then its control branch."""
+    steps, datamodule, model, rates, output_name = prepare(cfg)
     with RunStore(cfg.store.root, cfg, prefix="imp") as store:
-        log.info("Run folder: %s", store.path)
-        store.verify(cfg.store.on_corrupt)
-        tracker = NullTracker()
-        if store.writer and cfg.logger.name != "none":
-            tracker = make_tracker(cfg.logger.name, store.path, group=f"imp_{store.hash}",
-                                   config=OmegaConf.to_container(cfg, resolve=True), mode=cfg.logger.mode,
-                                   project=cfg.logger.project, entity=cfg.logger.entity, tags=list(cfg.logger.tags),
-                                   init_timeout=cfg.logger.init_timeout)
-        init_state = store.load_or_save(store.file("init.pt"),
-                                        lambda: {k: v.clone() for k, v in model.state_dict().items()})
-        exp = Experiment(cfg, steps, store, datamodule, tracker, model, init_state)
+        exp = open_experiment(cfg, steps, datamodule, model, store)
         rows = _run_levels(exp, rates, output_name)
         if cfg.get("branch") is not None:
             from lottery.imp.branches import run_branch
 
             rows += run_branch(exp)
-        store.save_json(rows, store.file("summary.json"))
-        tracker.end_experiment(rows)
-    if store.writer:
-        print(format_summary(rows, title=f"IMP {cfg.name} ({cfg.model.name} on {cfg.data.name}) — {store.path}"))
+        close_experiment(exp, rows)
     return rows
 
 
@@ -198,46 +280,58 @@ def _check_pattern(weights: dict[str, Any], mask: Mask, rates: dict, p: DictConf
                           "pruning.exclude=[name]") from None
 
 
-def _save_rewind(exp: Experiment, state: dict[str, Any]) -> None:
+def save_rewind(exp: Experiment, state: dict[str, Any]) -> None:
+    """Keep θk, the rewind point, in memory and in the run folder (rewind.pt)."""
     exp.rewind_state = state
     exp.store.save_torch(state, exp.store.file("rewind.pt"))
 
 
-def _run_levels(exp: Experiment, rates: dict[str, float | None], output_name: str) -> list[dict[str, Any]]:
+def level_rounds(cfg: DictConfig) -> list[int]:
+    """The main levels of a run: 0..levels, or 0 and 1 for one-shot pruning."""
+    return [0, 1] if cfg.imp.oneshot else list(range(cfg.imp.levels + 1))
+
+
+def finished_mask(exp: Experiment, level: int) -> Mask | None:
+    """A finished level's mask (from its folder), or None when the level has not finished."""
+    if not exp.store.level_done(level):
+        return None
+    return Mask(load_torch(exp.store.level(level) / "mask.pt"))
+
+
+def plan_level(exp: Experiment, level: int, previous: Mask, rates: dict[str, float | None],
+               output_name: str) -> LevelPlan:
+    """Level `level`'s plan, given the previous level's mask: prune its trained weights, then rewind."""
     cfg, store, steps, p = exp.cfg, exp.store, exp.steps, exp.cfg.pruning
-    init_state = exp.init_state
+    if level == 0:
+        return LevelPlan(0, store.level(0), previous, exp.init_state, 0,
+                         rewind_at=steps.rewind if steps.rewind > 0 else None)
+    trained = exp.final_state(store.level(level - 1))
+    target_level = cfg.imp.levels if cfg.imp.oneshot else level
+    mask = next_mask(trained, previous, target_level, rates, p.rate, p.pattern, p.norm, output_name,
+                     parse_nm(p.pattern))
+    rewind_state = None
+    if cfg.imp.rewind in ("iteration", "epoch"):
+        if exp.rewind_state is None:
+            if not store.file("rewind.pt").exists():
+                raise StoreError(f"{store.file('rewind.pt')} is missing; delete {store.level(0)} to redo level 0")
+            exp.rewind_state = load_torch(store.file("rewind.pt"))
+        rewind_state = exp.rewind_state
+    start, start_step = level_start(cfg.imp.rewind, mask, exp.init_state, rewind_state, trained, steps.rewind)
+    return LevelPlan(level, store.level(level), mask, start, start_step, finetune=cfg.imp.rewind == "finetune",
+                     compare_to=previous)
+
+
+def _run_levels(exp: Experiment, rates: dict[str, float | None], output_name: str) -> list[dict[str, Any]]:
     mask = Mask.ones(exp.model, prunable_names(exp.model))
-    rounds = [0, 1] if cfg.imp.oneshot else list(range(cfg.imp.levels + 1))
     rows = []
-    for level in rounds:
-        folder = store.level(level)
-        if store.level_done(level):
-            mask = Mask(load_torch(folder / "mask.pt"))
-            metrics = load_json(folder / "metrics.json")
+    for level in level_rounds(exp.cfg):
+        if (done := finished_mask(exp, level)) is not None:
+            mask = done
+            metrics = load_json(exp.store.level(level) / "metrics.json")
             log.info("Level %d already done (%.2f%% remaining); skipping", level, metrics["percent_remaining"])
             rows.append(summary_row(metrics))
             continue
-        rewind, previous = None, mask
-        if level == 0:
-            start, start_step = init_state, 0
-            if steps.rewind > 0:
-                rewind = (steps.rewind, lambda state: _save_rewind(exp, state))
-        else:
-            trained = exp.final_state(store.level(level - 1))
-            target_level = cfg.imp.levels if cfg.imp.oneshot else level
-            mask = next_mask(trained, mask, target_level, rates, p.rate, p.pattern, p.norm, output_name,
-                             parse_nm(p.pattern))
-            rewind_state = None
-            if cfg.imp.rewind in ("iteration", "epoch"):
-                if exp.rewind_state is None:
-                    if not store.file("rewind.pt").exists():
-                        raise StoreError(f"{store.file('rewind.pt')} is missing; delete {store.level(0)} to "
-                                         "redo level 0")
-                    exp.rewind_state = load_torch(store.file("rewind.pt"))
-                rewind_state = exp.rewind_state
-            start, start_step = level_start(cfg.imp.rewind, mask, init_state, rewind_state, trained, steps.rewind)
-        metrics = exp.train(folder, level, mask, start, start_step, rewind=rewind,
-                            finetune=level > 0 and cfg.imp.rewind == "finetune",
-                            compare_to=previous if level > 0 else None)
-        rows.append(summary_row(metrics))
+        plan = plan_level(exp, level, mask, rates, output_name)
+        mask = plan.mask
+        rows.append(summary_row(exp.train(plan)))
     return rows

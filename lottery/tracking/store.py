@@ -30,10 +30,12 @@ from lottery.tracking.ranks import is_writer
 
 log = logging.getLogger(__name__)
 
-# Dotted keys that do not change results: logging, paths, progress bars and checkpoint cadence.
-# Control branches are stored inside the run they derive from, so they are not part of its hash either.
+# Dotted keys that do not change results: logging, paths, progress bars and checkpoint cadence, and whether
+# engine=batched replays its step as a CUDA graph (the same kernels; only Adam's bias correction is computed on
+# the device). Control branches are stored inside the run they derive from, and `seeds` only says which runs
+# one command makes (each run's own `seed` is hashed), so neither is part of a run's hash.
 HASH_EXCLUDED = ("name", "logger", "store", "progress_bar", "data.root", "data.download",
-                 "training.checkpoint_every", "branch")
+                 "training.checkpoint_every", "training.cuda_graph", "branch", "seeds")
 
 
 def hashable_config(cfg: DictConfig | dict) -> dict[str, Any]:

@@ -6,8 +6,12 @@ along a leading dimension runs all of them with the same number of kernel launch
 
 - weights `[K, ...]` per parameter, a mask per replicate, one `functional_call` vmapped over the K weight sets;
 - data order: batch i of replicate r is `BatchStream` batch i with replicate r's seed (K index sets, one gather);
-- optimizer: a batched Adam (or SGD with momentum) with exactly `torch.optim.Adam`'s update math per element,
-  state `[K, ...]`; the lr schedule is `MaskedClassifier`'s (milestones at absolute iterations).
+- optimizer: `torch.optim.Adam` / `SGD` on the stacked tensors. Their updates are elementwise, so each slice
+  moves exactly as its own optimizer would (tested bitwise); the lr schedule is `MaskedClassifier`'s.
+
+On CUDA the whole step (gather, forward, backward, masking, optimizer) can be captured once in a CUDA graph and
+replayed (`cuda_graph=True`): one launch per step instead of ~100. The batch position, the data order and the
+optimizer state live in fixed device buffers the graph reads; a new lr (a milestone) re-captures it.
 
 Each replicate's result equals a separate run with its seed to float tolerance (not bitwise: the batched matmuls
 sum in another order than the unbatched ones). Models with buffers (BatchNorm) are refused.
@@ -17,14 +21,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
+from tqdm.auto import tqdm
 
 from lottery.data.stream import epoch_permutation
 from lottery.pruning import Mask
+from lottery.tracking.atomic import save_torch
+
+CHECKPOINT_FORMAT = "lottery-replicate-v1"
+WARMUP_STEPS = 3  # eager steps before a CUDA graph is captured (lazy cuBLAS / optimizer-state initialisation)
 
 
 @dataclass
@@ -35,56 +46,36 @@ class ReplicateRun:
     state: dict[str, Tensor] = field(default_factory=dict)
 
 
-def _lr_factor(step: int, start_step: int, milestones: Sequence[int], gamma: float) -> float:
+def lr_factor(step: int, start_step: int, milestones: Sequence[int], gamma: float) -> float:
+    """gamma ** (milestones passed at absolute iteration start_step + step), as `MaskedClassifier` schedules."""
     return gamma ** sum(start_step + step >= m for m in milestones)
 
 
-class BatchedAdam:
-    """`torch.optim.Adam` (L2 weight decay, no amsgrad) on stacked `[K, ...]` tensors: the same elementwise ops
-    in the same order as its single-tensor path, so each slice updates exactly as its own Adam would."""
-
-    def __init__(self, params: list[Tensor], betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0):
-        self.params, (self.beta1, self.beta2), self.eps, self.weight_decay = params, betas, eps, weight_decay
-        self.exp_avgs = [torch.zeros_like(p) for p in params]
-        self.exp_avg_sqs = [torch.zeros_like(p) for p in params]
-        self.step_count = 0
-
-    @torch.no_grad()
-    def step(self, grads: list[Tensor], lr: float) -> None:
-        self.step_count += 1
-        if self.weight_decay:
-            grads = torch._foreach_add(grads, self.params, alpha=self.weight_decay)
-        torch._foreach_lerp_(self.exp_avgs, grads, 1 - self.beta1)
-        torch._foreach_mul_(self.exp_avg_sqs, self.beta2)
-        torch._foreach_addcmul_(self.exp_avg_sqs, grads, grads, value=1 - self.beta2)
-        bias_correction1 = 1 - self.beta1 ** self.step_count
-        bias_correction2 = 1 - self.beta2 ** self.step_count
-        denom = torch._foreach_sqrt(self.exp_avg_sqs)
-        torch._foreach_div_(denom, bias_correction2 ** 0.5)
-        torch._foreach_add_(denom, self.eps)
-        torch._foreach_addcdiv_(self.params, self.exp_avgs, denom, value=-(lr / bias_correction1))
+def make_optimizer(params: list[Tensor], name: str, lr: float, momentum: float, weight_decay: float,
+                   capturable: bool = False) -> torch.optim.Optimizer:
+    """`MaskedClassifier`'s optimizer on the stacked tensors (capturable Adam keeps its step count on the device,
+    so a CUDA graph can replay the bias correction)."""
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True, capturable=capturable)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=True)
+    raise ValueError(f"training.optimizer={name!r} is unknown; choose adam or sgd")
 
 
-class BatchedSGD:
-    """`torch.optim.SGD` (momentum, L2 weight decay, no dampening or Nesterov) on stacked tensors."""
+def checkpoint_step(path: Path) -> int | None:
+    """The number of steps a replicate checkpoint holds, or None when there is none."""
+    if not path.exists():
+        return None
+    return int(_load_checkpoint(path)["step"])
 
-    def __init__(self, params: list[Tensor], momentum: float = 0.0, weight_decay: float = 0.0):
-        self.params, self.momentum, self.weight_decay = params, momentum, weight_decay
-        self.buffers: list[Tensor] | None = None
 
-    @torch.no_grad()
-    def step(self, grads: list[Tensor], lr: float) -> None:
-        if self.weight_decay:
-            grads = torch._foreach_add(grads, self.params, alpha=self.weight_decay)
-        if self.momentum:
-            if self.buffers is None:  # torch's first step: the buffer is a copy of the gradient
-                self.buffers = [g.clone() for g in grads]
-            else:
-                torch._foreach_mul_(self.buffers, self.momentum)
-                torch._foreach_add_(self.buffers, grads)
-            grads = self.buffers
-        torch._foreach_add_(self.params, grads, alpha=-lr)
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    from lottery.tracking.atomic import load_torch
+
+    state = load_torch(path)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a training.engine=batched checkpoint; delete it to restart the level")
+    return state
 
 
 def train_replicates(model_fn: Callable[[], nn.Module], inits: Sequence[Mapping[str, Tensor]],
@@ -93,17 +84,28 @@ def train_replicates(model_fn: Callable[[], nn.Module], inits: Sequence[Mapping[
                      momentum: float = 0.0, weight_decay: float = 0.0, milestones: Sequence[int] = (),
                      gamma: float = 0.1, start_step: int = 0, eval_every: int = 100,
                      eval_sets: Mapping[str, tuple[Tensor, Tensor]] | None = None, eval_batch_size: int = 1000,
-                     device: str | torch.device = "cpu") -> list[ReplicateRun]:
+                     device: str | torch.device = "cpu", cuda_graph: bool = False,
+                     checkpoints: Sequence[Path] | None = None, checkpoint_every: int = 1000,
+                     rewind: tuple[int, Callable[[int, dict[str, Tensor]], None]] | None = None,
+                     progress: str | None = None, fail_after: int | None = None) -> list[ReplicateRun]:
     """Train K = len(seeds) replicates from absolute iteration `start_step` to `iterations`.
 
     Replicate r starts from `inits[r]` ⊙ `masks[r]` (None: dense) and sees the batches of a `BatchStream` over
     `train` with seed `seeds[r]`. Every `eval_every` steps (and at the end) each replicate is evaluated on each
     of `eval_sets` (e.g. {"val": ..., "test": ...}), giving records like `MaskedClassifier.history`.
+
+    `checkpoints[r]` is replicate r's resume file, written atomically every `checkpoint_every` steps and
+    resumed from when all of them hold the same step. `rewind=(k, save)` calls `save(r, state)` for every
+    replicate right after absolute iteration k. `progress` names a progress bar (None: no bar). `fail_after`
+    raises after that many steps (tests only: a kill the next call must recover from).
     """
     k = len(seeds)
     if not (len(inits) == len(masks) == k) or k == 0:
         raise ValueError(f"need one init and one mask per seed: {len(inits)} inits, {len(masks)} masks, {k} seeds")
+    if checkpoints is not None and len(checkpoints) != k:
+        raise ValueError(f"need one checkpoint path per replicate: {len(checkpoints)} for {k}")
     device = torch.device(device)
+    graphed = cuda_graph and device.type == "cuda"
     base = model_fn()
     if list(base.buffers()):
         raise ValueError("train_replicates supports models without buffers (LeNet, Conv-N), not BatchNorm models")
@@ -114,17 +116,21 @@ def train_replicates(model_fn: Callable[[], nn.Module], inits: Sequence[Mapping[
     keeps = [torch.stack([(m[n] if m is not None and n in m else torch.ones_like(params[n][0], dtype=torch.bool))
                           .to(device, torch.float32) for m in masks]) for n in masked]
     weights = [params[n] for n in masked]
+    plist = [params[n].requires_grad_() for n in names]
     masked_at = [names.index(n) for n in masked]
+    opt = make_optimizer(plist, optimizer, lr, momentum, weight_decay, capturable=graphed)
+
+    runs = [ReplicateRun() for _ in range(k)]
+    done, acc, counted = 0, torch.zeros(k, device=device), 0
+    resumed = _resume(checkpoints, params, names, opt, device) if checkpoints else None
+    if resumed is not None:
+        done, histories, losses, counted = resumed
+        for run, history in zip(runs, histories, strict=True):
+            run.history = history
+        acc.copy_(losses)
     with torch.no_grad():
         if weights:
             torch._foreach_mul_(weights, keeps)
-    plist = [params[n].requires_grad_() for n in names]
-    if optimizer == "adam":
-        opt: BatchedAdam | BatchedSGD = BatchedAdam(plist, weight_decay=weight_decay)
-    elif optimizer == "sgd":
-        opt = BatchedSGD(plist, momentum=momentum, weight_decay=weight_decay)
-    else:
-        raise ValueError(f"training.optimizer={optimizer!r} is unknown; choose adam or sgd")
 
     def forward(p: dict[str, Tensor], x: Tensor) -> Tensor:
         return functional_call(base, p, (x,))
@@ -136,14 +142,32 @@ def train_replicates(model_fn: Callable[[], nn.Module], inits: Sequence[Mapping[
     if n < batch_size:
         raise ValueError(f"batch size {batch_size} exceeds the {n} training examples")
     per_epoch = n // batch_size
+    # Fixed buffers a captured graph reads: this epoch's order per replicate, and the batch position in it.
+    order = torch.zeros(k, per_epoch, batch_size, dtype=torch.long, device=device)
+    position = torch.zeros(1, dtype=torch.long, device=device)
     evals = {s: (x.to(device), y.to(device)) for s, (x, y) in (eval_sets or {}).items()}
-    runs = [ReplicateRun() for _ in range(k)]
     steps = iterations - start_step
     val_every = max(min(eval_every, steps), 1)
-    acc, counted = torch.zeros(k, device=device), 0
 
-    def evaluate(step: int, lr_now: float) -> None:
-        nonlocal acc, counted
+    def train_step() -> None:
+        idx = order.index_select(1, position).squeeze(1)  # [K, batch]: replicate r's BatchStream batch i
+        logits = batched(params, x_train[idx])
+        losses = F.cross_entropy(logits.flatten(0, 1), y_train[idx].flatten(), reduction="none")
+        losses = losses.view(k, batch_size).mean(1)
+        grads = torch.autograd.grad(losses.sum(), plist)  # replicates are independent: d(sum)/dθ_r = dL_r/dθ_r
+        with torch.no_grad():
+            acc.add_(losses)
+            if weights:  # masked grads: Adam moments, momentum and weight decay never move a pruned weight
+                torch._foreach_mul_([grads[j] for j in masked_at], keeps)
+            for p, g in zip(plist, grads, strict=True):
+                p.grad = g
+            opt.step()
+            if weights:  # ... and re-masking removes what weight decay's coupling could leave behind
+                torch._foreach_mul_(weights, keeps)
+            position.add_(1)
+
+    def evaluate(step: int) -> None:
+        nonlocal counted
         rows: list[dict[str, float]] = [{"iteration": start_step + step} for _ in range(k)]
         with torch.no_grad():
             for split, (x, y) in evals.items():
@@ -157,39 +181,105 @@ def train_replicates(model_fn: Callable[[], nn.Module], inits: Sequence[Mapping[
                 for row, (loss_sum, right, count) in zip(rows, sums.tolist(), strict=True):
                     row[f"{split}_loss"], row[f"{split}_acc"] = loss_sum / count, right / count
         train_losses = acc.tolist()
+        next_lr = lr * lr_factor(step, start_step, milestones, gamma)  # what the Trainer's scheduler reports
         for row, run, total in zip(rows, runs, train_losses, strict=True):
-            row["lr"] = lr_now
+            row["lr"] = next_lr
             if counted:
                 row["train_loss"] = total / counted
-            run.history.append(row)
-        acc, counted = torch.zeros(k, device=device), 0
+            if run.history and run.history[-1]["iteration"] == row["iteration"]:
+                run.history[-1] = row
+            else:
+                run.history.append(row)
+        acc.zero_()
+        counted = 0
+        if rows and "val_acc" in rows[0]:
+            bar.set_postfix(val_acc=f"{sum(r['val_acc'] for r in rows) / k:.3f}", refresh=False)
 
-    epoch, order = -1, None
-    step = 0
-    for i in range(start_step, iterations):
+    def save_checkpoints(step: int) -> None:
+        state = opt.state_dict()["state"]
+        train_losses = acc.cpu()
+        for r, path in enumerate(checkpoints or ()):
+            save_torch({"format": CHECKPOINT_FORMAT, "step": step, "start_step": start_step, "seed": seeds[r],
+                        "model": {name: params[name][r].detach().cpu().clone() for name in names},
+                        "optimizer": {i: {key: (v[r].cpu().clone() if v.dim() else v.cpu().clone())
+                                          for key, v in per_param.items()} for i, per_param in state.items()},
+                        "history": runs[r].history,
+                        "train_loss": torch.stack([train_losses[r], torch.tensor(float(counted))])}, path)
+
+    graph: torch.cuda.CUDAGraph | None = None
+    side = torch.cuda.Stream(device) if graphed else None
+    bar = tqdm(total=steps, initial=done, desc=progress or "replicates", disable=progress is None,
+               dynamic_ncols=True, leave=True)
+    epoch, pending, eager_steps = -1, 0, 0
+    step = done
+    for i in range(start_step + done, iterations):
         if i // per_epoch != epoch:
             epoch = i // per_epoch
-            order = torch.stack([epoch_permutation(n, s, epoch) for s in seeds]).to(device)
-        lo = (i % per_epoch) * batch_size
-        idx = order[:, lo:lo + batch_size]  # [K, batch]: replicate r's BatchStream batch i
-        logits = batched(params, x_train[idx])
-        losses = F.cross_entropy(logits.flatten(0, 1), y_train[idx].flatten(), reduction="none")
-        losses = losses.view(k, batch_size).mean(1)
-        grads = list(torch.autograd.grad(losses.sum(), plist))  # replicates are independent: d(sum)/dθ_r = dL_r/dθ_r
-        acc += losses.detach()
+            perms = torch.stack([epoch_permutation(n, s, epoch)[:per_epoch * batch_size] for s in seeds])
+            order.copy_(perms.view(k, per_epoch, batch_size))
+            position.fill_(i % per_epoch)
+        rate = lr * lr_factor(step, start_step, milestones, gamma)
+        if rate != opt.param_groups[0]["lr"]:
+            for group in opt.param_groups:
+                group["lr"] = rate
+            graph = None  # the lr is a constant inside a captured graph
+        if graphed and graph is None and eager_steps >= WARMUP_STEPS:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                train_step()  # recorded, not run
+        if graph is not None:
+            graph.replay()
+        elif side is not None:
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                train_step()
+            torch.cuda.current_stream(device).wait_stream(side)
+            eager_steps += 1
+        else:
+            train_step()
         counted += 1
-        lr_now = lr * _lr_factor(step, start_step, milestones, gamma)
-        with torch.no_grad():
-            if weights:
-                torch._foreach_mul_([grads[j] for j in masked_at], keeps)
-            opt.step(grads, lr_now)
-            if weights:
-                torch._foreach_mul_(weights, keeps)
         step += 1
+        pending += 1
+        if rewind is not None and start_step + step == rewind[0]:
+            for r in range(k):
+                rewind[1](r, {name: params[name][r].detach().cpu().clone() for name in names})
         if step % val_every == 0:
-            evaluate(step, lr * _lr_factor(step, start_step, milestones, gamma))
+            evaluate(step)
+        if checkpoints and step % checkpoint_every == 0 and step < steps:
+            save_checkpoints(step)
+        if pending >= 50 or step % val_every == 0:
+            bar.update(pending)
+            pending = 0
+        if fail_after is not None and step - done >= fail_after:
+            bar.close()
+            raise RuntimeError(f"fail_after={fail_after}: simulated failure at step {step}")
+    bar.update(pending)
     if not runs[0].history or runs[0].history[-1]["iteration"] != iterations:
-        evaluate(step, lr * _lr_factor(step, start_step, milestones, gamma))
+        evaluate(step)
+    bar.close()
     for r, run in enumerate(runs):
         run.state = {n: params[n][r].detach().cpu().clone() for n in names}
     return runs
+
+
+def _resume(checkpoints: Sequence[Path], params: dict[str, Tensor], names: list[str], opt: torch.optim.Optimizer,
+            device: torch.device) -> tuple[int, list[list[dict]], Tensor, int] | None:
+    """Load every replicate's checkpoint into the stacked weights and optimizer; None when there are none."""
+    found = [_load_checkpoint(p) if p.exists() else None for p in checkpoints]
+    if all(state is None for state in found):
+        return None
+    steps = {state["step"] if state is not None else None for state in found}
+    if len(steps) != 1:
+        raise ValueError("the replicates' checkpoints hold different steps "
+                         f"({sorted(str(s) for s in steps)}); resume them in groups of equal step")
+    states = [s for s in found if s is not None]
+    counts = {float(s["train_loss"][1]) for s in states}
+    with torch.no_grad():
+        for name in names:
+            params[name].copy_(torch.stack([s["model"][name] for s in states]))
+    per_param = {i: {key: (torch.stack([s["optimizer"][i][key] for s in states]) if value.dim() else value)
+                     for key, value in states[0]["optimizer"][i].items()} for i in states[0]["optimizer"]}
+    if per_param:
+        opt.load_state_dict({"state": per_param, "param_groups": opt.state_dict()["param_groups"]})
+    losses = torch.stack([s["train_loss"][0] for s in states]).to(device)
+    return int(states[0]["step"]), [s["history"] for s in states], losses, int(counts.pop())

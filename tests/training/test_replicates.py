@@ -1,4 +1,5 @@
-"""train_replicates: K replicates at once equal K separate runs, and the batched optimizers equal torch.optim."""
+"""train_replicates: K replicates at once equal K separate runs; torch.optim on stacked tensors updates every
+slice exactly as its own optimizer; a killed group resumes bitwise; the rewind point is captured per replicate."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from lottery.data import BatchStream
 from lottery.models import create_model, prunable_names
 from lottery.pruning import Mask, magnitude_prune
-from lottery.training.replicates import BatchedAdam, BatchedSGD, train_replicates
+from lottery.training.replicates import checkpoint_step, make_optimizer, train_replicates
 
 
 @pytest.fixture(autouse=True)
@@ -99,24 +100,74 @@ def test_replicates_equal_separate_runs(opt: str) -> None:
 
 
 @pytest.mark.parametrize("opt", ["adam", "sgd"])
-def test_batched_optimizers_match_torch_optim_bitwise(opt: str) -> None:
+def test_stacked_optimizer_matches_one_optimizer_per_slice_bitwise(opt: str) -> None:
     g = torch.Generator().manual_seed(1)
     k, shapes = 3, [(5, 4), (5,)]
-    stacked = [torch.randn(k, *s, generator=g) for s in shapes]
-    singles = [[p[r].clone().requires_grad_() for p in stacked] for r in range(k)]
+    stacked = [torch.randn(k, *s, generator=g).requires_grad_() for s in shapes]
+    singles = [[p[r].detach().clone().requires_grad_() for p in stacked] for r in range(k)]
     optims = [torch.optim.Adam(ps, lr=0.01, weight_decay=0.1) if opt == "adam"
               else torch.optim.SGD(ps, lr=0.01, momentum=0.9, weight_decay=0.1) for ps in singles]
-    batched = BatchedAdam(stacked, weight_decay=0.1) if opt == "adam" else BatchedSGD(stacked, 0.9, 0.1)
+    batched = make_optimizer(stacked, opt, lr=0.01, momentum=0.9, weight_decay=0.1)
     for _ in range(4):
         grads = [torch.randn(k, *s, generator=g) for s in shapes]
-        batched.step(grads, lr=0.01)
+        for p, grad in zip(stacked, grads, strict=True):
+            p.grad = grad
+        batched.step()
         for r in range(k):
             for p, grad in zip(singles[r], grads, strict=True):
                 p.grad = grad[r].clone()
             optims[r].step()
     for r in range(k):
         for p, s in zip(singles[r], stacked, strict=True):
-            assert torch.equal(p.detach(), s[r])
+            assert torch.equal(p.detach(), s[r].detach())
+
+
+def small_problem(seeds: list[int]):
+    g = torch.Generator().manual_seed(5)
+    train = (torch.randn(100, 1, 28, 28, generator=g), torch.randint(0, 10, (100,), generator=g))
+    val = (torch.randn(30, 1, 28, 28, generator=g), torch.randint(0, 10, (30,), generator=g))
+    inits, masks = replicate_inputs(seeds)
+    return inits, masks, train, val
+
+
+@pytest.mark.parametrize("opt", ["adam", "sgd"])
+def test_killed_group_resumes_bitwise(opt: str, tmp_path) -> None:
+    seeds = [0, 1]
+    inits, masks, train, val = small_problem(seeds)
+    kw = dict(optimizer=opt, lr=1e-3 if opt == "adam" else 0.05, momentum=0.9, weight_decay=1e-3,
+              milestones=[12], gamma=0.5, eval_every=5, eval_sets={"val": val})
+    whole = train_replicates(lenet, inits, masks, train, 20, seeds, 23, **kw)
+    paths = [tmp_path / f"r{r}.ckpt" for r in range(2)]
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        train_replicates(lenet, inits, masks, train, 20, seeds, 23, checkpoints=paths, checkpoint_every=4,
+                         fail_after=14, **kw)
+    assert [checkpoint_step(p) for p in paths] == [12, 12]  # the last checkpoint before the kill
+    resumed = train_replicates(lenet, inits, masks, train, 20, seeds, 23, checkpoints=paths, checkpoint_every=4,
+                               **kw)
+    for a, b in zip(whole, resumed, strict=True):
+        assert a.history == b.history
+        for name in a.state:
+            assert torch.equal(a.state[name], b.state[name]), name
+    # Checkpoints of different steps cannot be stacked into one group.
+    save_other = [tmp_path / "other.ckpt"]
+    with pytest.raises(RuntimeError):
+        train_replicates(lenet, inits[1:], masks[1:], train, 20, seeds[1:], 23, checkpoints=save_other,
+                         checkpoint_every=8, fail_after=9, **kw)
+    with pytest.raises(ValueError, match="different steps"):
+        train_replicates(lenet, inits, masks, train, 20, seeds, 23, checkpoints=[paths[0], save_other[0]], **kw)
+
+
+def test_rewind_state_is_captured_per_replicate() -> None:
+    seeds = [0, 1]
+    inits, masks, train, val = small_problem(seeds)
+    captured: dict[int, dict] = {}
+    full = train_replicates(lenet, inits, masks, train, 20, seeds, 7, rewind=(4, captured.__setitem__))
+    short = train_replicates(lenet, inits, masks, train, 20, seeds, 4)
+    assert sorted(captured) == [0, 1]
+    for r in range(2):
+        for name, value in short[r].state.items():
+            assert torch.equal(captured[r][name], value)
+        assert not torch.equal(captured[r]["layers.0.weight"], full[r].state["layers.0.weight"])
 
 
 def test_bad_inputs_are_refused() -> None:
