@@ -8,7 +8,8 @@ the device, a 50%-pruned mask) it times one IMP level of `--iterations` steps th
 engine=trainer and engine=fabric, and a hand-written loop doing the same work (same model and mask, Adam, grads
 masked before and weights re-masked after every step, the same evaluation on val and test at the end). Repeats
 are interleaved (the order rotates) and the median is reported; times include each path's setup. Then it times
-`train_replicates` with K=1 and K=16 LeNet replicates, and one full LeNet level of 10 replicates (5 seeds ×
+`train_replicates` with K=1 and K=16 LeNet replicates (eager, and on CUDA with the step replayed as a CUDA
+graph), and one full LeNet level of 10 replicates (5 seeds ×
 ticket + random re-init) with evaluation every 100 iterations, projected to the 20 levels of the lth_lenet
 figures. Results: a printed table, results.csv, RESULTS.md (with the machine) in --out.
 
@@ -189,7 +190,8 @@ def run_minimal(model_name: str, data: dict, init: dict, mask: Mask, iterations:
     return time.perf_counter() - began
 
 
-def run_replicates(k: int, data: dict, iterations: int, device: torch.device, eval_every: int) -> float:
+def run_replicates(k: int, data: dict, iterations: int, device: torch.device, eval_every: int,
+                   cuda_graph: bool = False) -> float:
     """Seconds for K LeNet replicates (distinct inits, masks and data orders) trained together."""
     shape = SHAPES["lenet_300_100"][1]
     inits, masks = zip(*(pruned("lenet_300_100", shape, seed) for seed in range(k)), strict=True)
@@ -197,7 +199,8 @@ def run_replicates(k: int, data: dict, iterations: int, device: torch.device, ev
     began = time.perf_counter()
     runs = train_replicates(lambda: create_model("lenet_300_100", seed=0), list(inits), list(masks),
                             data["train"], 60, list(range(k)), iterations, eval_every=eval_every,
-                            eval_sets={"val": data["val"], "test": data["test"]}, device=device)
+                            eval_sets={"val": data["val"], "test": data["test"]}, device=device,
+                            cuda_graph=cuda_graph)
     sync(device)
     assert len(runs) == k and runs[0].history[-1]["iteration"] == iterations
     return time.perf_counter() - began
@@ -247,35 +250,44 @@ def compare_model(args: argparse.Namespace, device: torch.device, model_name: st
 
 
 def compare_replicates(args: argparse.Namespace, device: torch.device, sizes: tuple[int, int, int]) -> None:
+    """K=1 against K=args.k, eagerly and (on CUDA) with the step replayed as a CUDA graph, interleaved."""
     data = make_data(SHAPES["lenet_300_100"][1], *sizes, device)
     iters = args.iterations
+    modes = [False, True] if device.type == "cuda" else [False]
+    variants = [(k, graph) for graph in modes for k in (1, args.k)]
     say(f"replicates (LeNet-300-100, batch 60): K=1 vs K={args.k}, {iters} iterations, {args.repeats} repeats")
-    run_replicates(2, data, 20, device, eval_every=10 ** 9)  # warm-up
-    times: dict[int, list[float]] = {1: [], args.k: []}
+    for graph in modes:
+        run_replicates(2, data, 20, device, eval_every=10 ** 9, cuda_graph=graph)  # warm-up
+    times: dict[tuple[int, bool], list[float]] = {v: [] for v in variants}
     for rep in range(args.repeats):
-        for k in ([1, args.k] if rep % 2 == 0 else [args.k, 1]):
-            times[k].append(run_replicates(k, data, iters, device, eval_every=10 ** 9))
-        say(f"  repeat {rep + 1}: " + ", ".join(f"K={k} {1e3 * t[-1] / iters:.3f} ms/it" for k, t in times.items()))
-    base = statistics.median(times[1])
-    for k, t in times.items():
+        for k, graph in variants[rep % len(variants):] + variants[:rep % len(variants)]:
+            times[(k, graph)].append(run_replicates(k, data, iters, device, eval_every=10 ** 9, cuda_graph=graph))
+        say(f"  repeat {rep + 1}: " + ", ".join(f"K={k}{' graph' if g else ''} {1e3 * t[-1] / iters:.3f} ms/it"
+                                                for (k, g), t in times.items()))
+    eager_one = statistics.median(times[(1, False)])
+    for (k, graph), t in times.items():
         med = statistics.median(t)
-        record(kind="replicates", model="lenet_300_100", method=f"replicates K={k}", k=k, iterations=iters,
-               seconds=med, ms_per_it=1e3 * med / iters, it_per_s=iters / med, ratio=med / base)
+        base = statistics.median(times[(1, graph)])
+        record(kind="replicates", model="lenet_300_100", method=f"replicates K={k}" + (" graph" if graph else ""),
+               k=k, cuda_graph=graph, iterations=iters, seconds=med, ms_per_it=1e3 * med / iters,
+               it_per_s=iters / med, ratio=med / base, ratio_to_eager_k1=med / eager_one)
 
 
 def full_level(args: argparse.Namespace, device: torch.device, sizes: tuple[int, int, int], budget: float) -> None:
     """One lth_lenet level: 10 replicates × N iterations, val + test evaluation every 100 iterations."""
     data = make_data(SHAPES["lenet_300_100"][1], *sizes, device)
     k, n = 10, args.full_iterations
+    graph = device.type == "cuda"
     probe = min(500, n)
-    t_probe = run_replicates(k, data, probe, device, eval_every=100)
+    t_probe = run_replicates(k, data, probe, device, eval_every=100, cuda_graph=graph)
     estimate = t_probe / probe * n
     run_n = n if estimate <= budget else max(probe, int(budget / estimate * n) // 100 * 100)
     say(f"full level: 10 replicates × {n} iterations (probe: {t_probe / probe * 1e3:.3f} ms/it, "
         f"estimate {estimate:.0f} s; budget {budget:.0f} s -> running {run_n})")
-    seconds = run_replicates(k, data, run_n, device, eval_every=100) if run_n != probe else t_probe
+    seconds = run_replicates(k, data, run_n, device, eval_every=100, cuda_graph=graph) if run_n != probe else t_probe
     level = seconds / run_n * n
-    record(kind="full_level", model="lenet_300_100", method="replicates K=10, eval every 100", k=k,
+    record(kind="full_level", model="lenet_300_100",
+           method="replicates K=10, eval every 100" + (", CUDA graph" if graph else ""), k=k, cuda_graph=graph,
            iterations=run_n, seconds=seconds, ms_per_it=1e3 * seconds / run_n, it_per_s=run_n / seconds,
            ratio=float("nan"), level_seconds=level, projected_20_levels_s=20 * level,
            measured_full=run_n == n)
@@ -332,13 +344,17 @@ def write(out: Path, info: dict[str, str], args: argparse.Namespace, elapsed: fl
                          f"{r['it_per_s']:.0f} | {r['ratio']:.2f} |")
     lines += [f"- error in {r['model']} / {r['method']}: {r['error']}" for r in ROWS if r["kind"] == "error"]
     lines += ["", "## K replicates at once (LeNet-300-100, `train_replicates`)", "",
-              "| K | iterations | ms / iteration (all K) | × K=1 |", "|---|---|---|---|"]
+              "| K | step | iterations | ms / iteration (all K) | × K=1 (same step) | × eager K=1 |",
+              "|---|---|---|---|---|---|"]
     for r in ROWS:
         if r["kind"] == "replicates":
-            lines.append(f"| {r['k']} | {r['iterations']} | {r['ms_per_it']:.3f} | {r['ratio']:.2f} |")
+            step = "CUDA graph" if r.get("cuda_graph") else "eager"
+            lines.append(f"| {r['k']} | {step} | {r['iterations']} | {r['ms_per_it']:.3f} | {r['ratio']:.2f} | "
+                         f"{r['ratio_to_eager_k1']:.2f} |")
     for r in ROWS:
         if r["kind"] == "full_level":
             lines += ["", "## One full lth_lenet level (10 replicates, eval on val+test every 100 iterations)", "",
+                      f"- {r['method']}",
                       f"- measured: {r['iterations']} iterations in {r['seconds']:.1f} s ({r['ms_per_it']:.3f} ms/it)"
                       + ("" if r["measured_full"] else f", extrapolated to {args.full_iterations}"),
                       f"- one level of {args.full_iterations} iterations: {r['level_seconds']:.1f} s "

@@ -216,13 +216,18 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     return [{"seed": one.seed, **row} for one in configs for row in run_one(one)]
 
 
-def prepare(cfg: DictConfig) -> tuple[Steps, VisionDataModule, Any, dict[str, float | None], str]:
-    """Validate a run and build what it needs before its folder exists: steps, data, model, pruning rates."""
+def prepare(cfg: DictConfig, tensors: dict[str, Any] | None = None
+            ) -> tuple[Steps, VisionDataModule, Any, dict[str, float | None], str]:
+    """Validate a run and build what it needs before its folder exists: steps, data, model, pruning rates.
+
+    `tensors`: another run's loaded data with the same data config (runs that differ only in seed share it)."""
     steps = validate_imp(cfg)
     seed_everything(cfg.seed)
     d, info = cfg.data, DATASETS[cfg.data.name]
     datamodule = VisionDataModule(d.name, d.root, d.download, d.val_size, d.split_seed, d.train_subset,
                                   d.eval_subset, cfg.training.batch_size, seed=cfg.seed, augment=d.augment)
+    if tensors is not None:
+        datamodule.tensors = tensors
     datamodule.setup()
     model = create_model(cfg.model.name, seed=cfg.seed, init=cfg.model.init, input_shape=info.input_shape,
                          num_classes=info.num_classes)

@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from lottery.tracking.atomic import load_json
 from lottery.tracking.store import config_hash
 
@@ -54,4 +56,14 @@ def sweep_objective(cfg: Any, result: Any = None) -> float | None:
     if cfg.get("job") != "imp":
         return None
     target, metric = objective_settings()
-    return objective_from_store(Path(cfg.store.root) / f"imp_{config_hash(cfg)}", target, metric)
+    if not cfg.get("seeds"):
+        return objective_from_store(Path(cfg.store.root) / f"imp_{config_hash(cfg)}", target, metric)
+    # seeds=[...]: the mean over the seeds' runs, each addressed as if run with seed=s.
+    values = []
+    for seed in cfg.seeds:
+        one = OmegaConf.to_container(cfg, resolve=True)
+        one["seed"] = int(seed)
+        value = objective_from_store(Path(cfg.store.root) / f"imp_{config_hash(one)}", target, metric)
+        if value is not None:
+            values.append(value)
+    return sum(values) / len(values) if values else None

@@ -1,0 +1,215 @@
+"""training.engine=batched: the IMP runs of several seeds in lockstep, every seed's level (and its control
+branch) trained at once as vmapped replicates (`lottery.training.replicates.train_replicates`).
+
+    python -m lottery.run +exp=imp_lenet +branch=random_reinit training.engine=batched seeds=[0,1,2,3,4] trainer=gpu
+
+Each seed keeps its own run folder with the files a single run with `seed=s training.engine=batched` writes
+(that is what it is: a run's hash does not depend on the other seeds). At level L every seed prunes its level
+L-1 and rewinds; then all tickets of level L and their control branches train together, K = seeds × (1 +
+branch) replicates. Members whose schedules differ (tickets rewound to iteration k beside branches trained from
+iteration 0) train as separate groups. A killed level resumes from each member's `replicate.ckpt`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import astuple, dataclass, field
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from lottery.errors import ConfigError
+from lottery.imp.branches import branch_levels, branch_plan
+from lottery.imp.job import (
+    Experiment,
+    LevelPlan,
+    close_experiment,
+    finished_mask,
+    level_rounds,
+    open_experiment,
+    plan_level,
+    prepare,
+    save_rewind,
+)
+from lottery.imp.report import summary_row
+from lottery.models import create_model, prunable_names
+from lottery.pruning import Mask
+from lottery.tracking import RunStore, load_json, load_torch
+from lottery.training.replicates import checkpoint_step, train_replicates
+from lottery.training.spec import LevelSpec
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "replicate.ckpt"
+
+
+@dataclass
+class SeedRun:
+    """One seed's run while the seeds advance level by level together."""
+
+    exp: Experiment
+    rates: dict[str, float | None]
+    output_name: str
+    mask: Mask
+    level_rows: list[dict[str, Any]] = field(default_factory=list)
+    branch_rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Member:
+    """One replicate of a group: a level or branch of one seed's run, ready to train."""
+
+    run: SeedRun
+    plan: LevelPlan
+    mask: Mask
+    start: dict[str, Any]
+    spec: LevelSpec
+
+    @property
+    def checkpoint(self) -> Any:
+        return self.plan.folder / CHECKPOINT
+
+
+def training_device(accelerator: str) -> torch.device:
+    """The device `trainer.accelerator` names (auto: CUDA when there is one)."""
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"trainer.accelerator={accelerator}: no CUDA device is visible")
+        return torch.device("cuda")
+    if accelerator in ("cpu", "auto"):
+        return torch.device("cpu")
+    if accelerator == "mps":
+        return torch.device("mps")
+    raise ConfigError(f"trainer.accelerator={accelerator!r} is not supported by training.engine=batched; "
+                      "choose cpu, gpu or auto")
+
+
+def run_batched(configs: Sequence[DictConfig]) -> list[dict[str, Any]]:
+    """Run (or resume) the IMP runs of `configs` (the same experiment, one config per seed) in lockstep.
+
+    Returns every run's summary rows, each with its "seed" when there are several.
+    """
+    first = configs[0]
+    device = training_device(first.trainer.accelerator)
+    if first.trainer.deterministic and device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS, as the Trainer sets
+    prepared, tensors = [], None
+    for cfg in configs:  # every run's input is checked before the first folder is created
+        steps, datamodule, model, rates, output_name = prepare(cfg, tensors)
+        tensors = datamodule.tensors  # the seeds share the data; only its order differs
+        if list(model.buffers()):
+            raise ConfigError(f"training.engine=batched trains models without buffers (LeNet, Conv-N); "
+                              f"model.name={cfg.model.name} has BatchNorm, use training.engine=fabric")
+        prepared.append((cfg, steps, datamodule, model, rates, output_name))
+    with ExitStack() as stack:
+        runs = []
+        for cfg, steps, datamodule, model, rates, output_name in prepared:
+            store = stack.enter_context(RunStore(cfg.store.root, cfg, prefix="imp"))
+            exp = open_experiment(cfg, steps, datamodule, model, store)
+            runs.append(SeedRun(exp, rates, output_name, Mask.ones(model, prunable_names(model))))
+        for level in level_rounds(first):
+            members = [m for run in runs for m in _level_members(run, level)]
+            if members:
+                _train_members(members, device)
+        rows = []
+        for run in runs:
+            run_rows = run.level_rows + run.branch_rows
+            close_experiment(run.exp, run_rows)
+            rows += [{"seed": run.exp.cfg.seed, **row} for row in run_rows] if len(runs) > 1 else run_rows
+    return rows
+
+
+def _level_members(run: SeedRun, level: int) -> list[Member]:
+    """The level's ticket and control branch of one seed that still need training; finished ones add rows."""
+    exp, cfg = run.exp, run.exp.cfg
+    plans = []
+    if (done := finished_mask(exp, level)) is not None:
+        metrics = load_json(exp.store.level(level) / "metrics.json")
+        log.info("seed %d level %d already done (%.2f%% remaining); skipping", cfg.seed, level,
+                 metrics["percent_remaining"])
+        run.mask = done
+        run.level_rows.append(summary_row(metrics))
+        ticket = (done, load_torch(exp.store.level(level) / "start.pt"), metrics["start_step"])
+    else:
+        plan = plan_level(exp, level, run.mask, run.rates, run.output_name)
+        run.mask = plan.mask
+        plans.append(plan)
+        ticket = (plan.mask, plan.start, plan.start_step)
+    if cfg.get("branch") is not None and level in branch_levels(cfg):
+        plan = branch_plan(exp, level, *ticket)
+        if (metrics := exp.metrics(plan.folder)) is not None:
+            run.branch_rows.append(summary_row(metrics, branch=plan.tag))
+        else:
+            plans.append(plan)
+    members = []
+    for plan in plans:
+        mask, start, spec = exp.begin(plan)
+        members.append(Member(run, plan, mask, start, spec))
+    return members
+
+
+def _train_members(members: list[Member], device: torch.device) -> None:
+    """Train the members in groups of one schedule (and one resume step), tickets' groups first."""
+    groups: dict[tuple, list[Member]] = {}
+    for member in members:
+        key = (astuple(member.spec), member.plan.rewind_at, checkpoint_step(member.checkpoint))
+        groups.setdefault(key, []).append(member)
+    for group in sorted(groups.values(), key=lambda g: all(m.plan.tag for m in g)):
+        _train_group(group, device)
+
+
+def _train_group(group: list[Member], device: torch.device) -> None:
+    exp0, spec, plan0 = group[0].run.exp, group[0].spec, group[0].plan
+    cfg, datamodule = exp0.cfg, exp0.datamodule
+    info = datamodule.info
+    tickets = sum(not m.plan.tag for m in group)
+    label = f"level {plan0.level}/{cfg.imp.levels} ×{len(group)}"
+    log.info("%s: %d ticket(s) and %d branch(es) at %s, iterations %d..%d", label, tickets, len(group) - tickets,
+             ", ".join(f"{100 * m.mask.total_density():.2f}%" for m in group[:3]) + (" ..." if len(group) > 3 else ""),
+             spec.start_step, spec.iterations)
+    rewind = None
+    if plan0.rewind_at is not None:
+        rewind = (plan0.rewind_at, lambda r, state: save_rewind(group[r].run.exp, state))
+    data_seeds = [m.plan.data_seed if m.plan.data_seed is not None else m.run.exp.cfg.seed for m in group]
+
+    def model_fn() -> torch.nn.Module:
+        return create_model(cfg.model.name, seed=0, init=cfg.model.init, input_shape=info.input_shape,
+                            num_classes=info.num_classes)
+
+    began = time.perf_counter()
+    results = train_replicates(
+        model_fn, [m.start for m in group], [m.mask for m in group], datamodule.tensors["train"],
+        cfg.training.batch_size, data_seeds, spec.iterations, optimizer=spec.optimizer, lr=spec.lr,
+        momentum=spec.momentum, weight_decay=spec.weight_decay, milestones=spec.milestones, gamma=spec.gamma,
+        start_step=spec.start_step, eval_every=spec.eval_every,
+        eval_sets={"val": datamodule.tensors["val"], "test": datamodule.tensors["test"]},
+        eval_batch_size=datamodule.eval_batch_size, device=device, cuda_graph=cfg.training.cuda_graph,
+        checkpoints=[m.checkpoint for m in group], checkpoint_every=spec.checkpoint_every, rewind=rewind,
+        progress=label if spec.progress_bar else None)
+    seconds = time.perf_counter() - began
+    # Tickets first: a branch's W&B run references its level's mask and ticket artifacts.
+    for member, result in sorted(zip(group, results, strict=True), key=lambda pair: bool(pair[0].plan.tag)):
+        run, plan = member.run, member.plan
+        logger = run.exp.tracker.level_logger(plan.level, plan.tag)
+        log_history(logger, result.history, plan.start_step)
+        metrics = run.exp.finish(plan, member.mask, member.spec, result.history, result.state, seconds, logger,
+                                 extra={"engine": "batched", "replicates": len(group)})
+        member.checkpoint.unlink(missing_ok=True)
+        if plan.tag:
+            run.branch_rows.append(summary_row(metrics, branch=plan.tag))
+        else:
+            run.level_rows.append(summary_row(metrics))
+
+
+def log_history(logger: Any, history: list[dict[str, float]], start_step: int) -> None:
+    """Send a level's evaluation records to its logger, as the other engines do while they train."""
+    if not logger:
+        return
+    for row in history:
+        logger.log_metrics({k.replace("_", "/", 1) if k != "iteration" else k: float(v) for k, v in row.items()},
+                           step=int(row["iteration"]) - start_step)
+    logger.save()
