@@ -7,6 +7,7 @@ hashing the result, exactly as `python -m lottery.run` would. Missing runs are t
 
 from __future__ import annotations
 
+import json
 import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lottery.config import register_configs, validate
 from lottery.tracking import RunStore, load_json
@@ -134,9 +135,31 @@ def gather(specs: Sequence[RunSpec], options: Options) -> dict[tuple[Any, ...], 
             missing.append((spec, path))
     if missing and not options.run_missing:
         raise MissingRuns(missing, options.overrides)
-    for spec, _ in missing:
-        execute(runs[spec.key].cfg)
+    for cfg in lockstep([runs[spec.key].cfg for spec, _ in missing]):
+        execute(cfg)
     return runs
+
+
+def lockstep(configs: Sequence[DictConfig]) -> list[DictConfig]:
+    """The jobs that train `configs`: IMP runs with training.engine=batched that differ only in their seed
+    become one job with seeds=[...] (trained together); every other run is its own job."""
+    jobs: dict[str, DictConfig] = {}
+    for cfg in configs:
+        if cfg.job != "imp" or cfg.training.engine != "batched":
+            jobs[f"single-{len(jobs)}"] = cfg
+            continue
+        cfg = cfg.copy()
+        if cfg.get("branch") is not None and cfg.branch.seed == cfg.seed + 1000:
+            with open_dict(cfg):
+                cfg.branch.seed = None  # the default, seed + 1000, is what each seed of a lockstep job gets
+        key = json.dumps({**OmegaConf.to_container(cfg, resolve=True), "seed": None, "seeds": None}, sort_keys=True)
+        if key not in jobs:
+            jobs[key] = cfg
+            with open_dict(cfg):
+                cfg.seeds = []
+        with open_dict(jobs[key]):
+            jobs[key].seeds = [*jobs[key].seeds, int(cfg.seed)]
+    return list(jobs.values())
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,20 @@ def test_lth_lenet_from_real_runs(tmp_path: Path, mnist_root: Path, capsys) -> N
     assert (out / "lth_lenet.csv").read_bytes() == before
 
 
+def test_batched_engine_trains_the_figure_seeds_in_one_lockstep_job(tmp_path: Path, mnist_root: Path) -> None:
+    extra = ("imp.levels=1", "data.train_subset=600", "data.eval_subset=200", "training.iterations=20",
+             "training.eval_every=10", "training.engine=batched")
+    args = ["lth_lenet", "--seeds", "2", *TINY_SET, *[a for o in extra for a in ("--set", o)]]
+    assert main(args) == 0
+    assert (tmp_path / "figures" / "lth_lenet" / "lth_lenet.csv").stat().st_size > 0
+    for s in range(2):
+        run = _run_path("+exp=imp_lenet", f"seed={s}", "+branch=random_reinit", f"branch.seed={1000 + s}", extra=extra)
+        # Level 1 trained both seeds' tickets and random re-inits together: one job, not two.
+        assert _metrics(run, 1)["replicates"] == 4
+        assert _metrics(run, 1, f"branch_random_reinit_s{1000 + s}")["replicates"] == 4
+    assert main([*args, "--no-run"]) == 0
+
+
 def test_no_run_names_the_missing_runs(tmp_path: Path, capsys) -> None:
     args = ["rewind", "--seeds", "1", "--no-run", *TINY_SET, "--set", "imp.levels=1", "--set", "imp.rewind_to=20"]
     assert main(args) == 1
