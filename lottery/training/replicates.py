@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from lottery.data.stream import epoch_permutation
 from lottery.pruning import Mask
-from lottery.tracking.atomic import save_torch
+from lottery.tracking.atomic import load_torch, save_torch
 
 CHECKPOINT_FORMAT = "lottery-replicate-v1"
 WARMUP_STEPS = 3  # eager steps before a CUDA graph is captured (lazy cuBLAS / optimizer-state initialisation)
@@ -70,8 +70,6 @@ def checkpoint_step(path: Path) -> int | None:
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:
-    from lottery.tracking.atomic import load_torch
-
     state = load_torch(path)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a training.engine=batched checkpoint; delete it to restart the level")

@@ -44,6 +44,24 @@ def test_offline_runs_contain_metrics_and_artifacts(tmp_path, mnist_root) -> Non
         assert artifacts["mask"]["metadata"] and "percent_remaining" in artifacts["mask"]["metadata"]
 
 
+def test_batched_engine_logs_each_seeds_curves_to_its_own_runs(tmp_path, mnist_root) -> None:
+    cfg = make_config([*TINY, "imp.levels=0", "training.engine=batched", "seeds=[0,1]",
+                       f"store.root={tmp_path / 'runs'}"])
+    run(cfg)
+    stores = sorted((tmp_path / "runs").glob("imp_*"))
+    assert len(stores) == 2
+    for store in stores:
+        offline = sorted((store / "wandb").glob("offline-run-*"))
+        assert len(offline) == 2  # the level and the summary
+        level_records = next(r for r in map(_records, offline)
+                             if any(x["type"] == "history" and "val/acc" in x["history"]["item"] for x in r))
+        history = [r["history"]["item"] for r in level_records if r["type"] == "history"]
+        history = [h for h in history if "val/acc" in h]
+        metrics = json.loads((store / "level_00" / "metrics.json").read_text())
+        assert [h["iteration"] for h in history] == [20, 40, 60]
+        assert [h["val/acc"] for h in history] == pytest.approx([h["val_acc"] for h in metrics["history"]], rel=1e-6)
+
+
 def test_online_without_network_falls_back_to_offline(tmp_path, mnist_root, monkeypatch, caplog) -> None:
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
     monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
