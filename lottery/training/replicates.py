@@ -20,6 +20,7 @@ sum in another order than the unbatched ones). Models with buffers (BatchNorm) a
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -193,64 +194,79 @@ def train_replicates(model_fn: Callable[[], nn.Module], inits: Sequence[Mapping[
         if rows and "val_acc" in rows[0]:
             bar.set_postfix(val_acc=f"{sum(r['val_acc'] for r in rows) / k:.3f}", refresh=False)
 
+    writes: list[Future] = []  # at most one checkpoint write in flight, overlapping the next steps
+
     def save_checkpoints(step: int) -> None:
-        state = opt.state_dict()["state"]
+        # One device-to-host copy per stacked tensor; each replicate's file gets its own slices (cloned: saving
+        # a view would store the whole [K, ...] storage).
+        weights_now = {name: params[name].detach().cpu() for name in names}
+        state = {i: {key: v.detach().cpu() for key, v in per_param.items()}
+                 for i, per_param in opt.state_dict()["state"].items()}
         train_losses = acc.cpu()
-        for r, path in enumerate(checkpoints or ()):
-            save_torch({"format": CHECKPOINT_FORMAT, "step": step, "start_step": start_step, "seed": seeds[r],
-                        "model": {name: params[name][r].detach().cpu().clone() for name in names},
-                        "optimizer": {i: {key: (v[r].cpu().clone() if v.dim() else v.cpu().clone())
-                                          for key, v in per_param.items()} for i, per_param in state.items()},
-                        "history": runs[r].history,
-                        "train_loss": torch.stack([train_losses[r], torch.tensor(float(counted))])}, path)
+        files = [(path, {"format": CHECKPOINT_FORMAT, "step": step, "start_step": start_step, "seed": seeds[r],
+                         "model": {name: weights_now[name][r].clone() for name in names},
+                         "optimizer": {i: {key: (v[r].clone() if v.dim() else v.clone()) for key, v in per.items()}
+                                       for i, per in state.items()},
+                         "history": [dict(row) for row in runs[r].history],
+                         "train_loss": torch.stack([train_losses[r], torch.tensor(float(counted))])})
+                 for r, path in enumerate(checkpoints or ())]
+        while writes:
+            writes.pop().result()
+        writes.append(writer.submit(lambda: [save_torch(obj, path) for path, obj in files]))
 
     graph: torch.cuda.CUDAGraph | None = None
     side = torch.cuda.Stream(device) if graphed else None
     bar = tqdm(total=steps, initial=done, desc=progress or "replicates", disable=progress is None,
                dynamic_ncols=True, leave=True)
-    epoch, pending, eager_steps = -1, 0, 0
-    step = done
-    for i in range(start_step + done, iterations):
-        if i // per_epoch != epoch:
-            epoch = i // per_epoch
-            perms = torch.stack([epoch_permutation(n, s, epoch)[:per_epoch * batch_size] for s in seeds])
-            order.copy_(perms.view(k, per_epoch, batch_size))
-            position.fill_(i % per_epoch)
-        rate = lr * lr_factor(step, start_step, milestones, gamma)
-        if rate != opt.param_groups[0]["lr"]:
-            for group in opt.param_groups:
-                group["lr"] = rate
-            graph = None  # the lr is a constant inside a captured graph
-        if graphed and graph is None and eager_steps >= WARMUP_STEPS:
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                train_step()  # recorded, not run
-        if graph is not None:
-            graph.replay()
-        elif side is not None:
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replicate-checkpoint")
+    try:
+        epoch, pending, eager_steps = -1, 0, 0
+        step = done
+        for i in range(start_step + done, iterations):
+            if i // per_epoch != epoch:
+                epoch = i // per_epoch
+                perms = torch.stack([epoch_permutation(n, s, epoch)[:per_epoch * batch_size] for s in seeds])
+                order.copy_(perms.view(k, per_epoch, batch_size))
+                position.fill_(i % per_epoch)
+            rate = lr * lr_factor(step, start_step, milestones, gamma)
+            if rate != opt.param_groups[0]["lr"]:
+                for group in opt.param_groups:
+                    group["lr"] = rate
+                graph = None  # the lr is a constant inside a captured graph
+            if graphed and graph is None and eager_steps >= WARMUP_STEPS:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    train_step()  # recorded, not run
+            if graph is not None:
+                graph.replay()
+            elif side is not None:
+                side.wait_stream(torch.cuda.current_stream(device))
+                with torch.cuda.stream(side):
+                    train_step()
+                torch.cuda.current_stream(device).wait_stream(side)
+                eager_steps += 1
+            else:
                 train_step()
-            torch.cuda.current_stream(device).wait_stream(side)
-            eager_steps += 1
-        else:
-            train_step()
-        counted += 1
-        step += 1
-        pending += 1
-        if rewind is not None and start_step + step == rewind[0]:
-            for r in range(k):
-                rewind[1](r, {name: params[name][r].detach().cpu().clone() for name in names})
-        if step % val_every == 0:
-            evaluate(step)
-        if checkpoints and step % checkpoint_every == 0 and step < steps:
-            save_checkpoints(step)
-        if pending >= 50 or step % val_every == 0:
-            bar.update(pending)
-            pending = 0
-        if fail_after is not None and step - done >= fail_after:
-            bar.close()
-            raise RuntimeError(f"fail_after={fail_after}: simulated failure at step {step}")
+            counted += 1
+            step += 1
+            pending += 1
+            if rewind is not None and start_step + step == rewind[0]:
+                for r in range(k):
+                    rewind[1](r, {name: params[name][r].detach().cpu().clone() for name in names})
+            if step % val_every == 0:
+                evaluate(step)
+            if checkpoints and step % checkpoint_every == 0 and step < steps:
+                save_checkpoints(step)
+            if pending >= 50 or step % val_every == 0:
+                bar.update(pending)
+                pending = 0
+            if fail_after is not None and step - done >= fail_after:
+                bar.close()
+                raise RuntimeError(f"fail_after={fail_after}: simulated failure at step {step}")
+    finally:
+        while writes:
+            writes.pop().result()
+        writer.shutdown()
     bar.update(pending)
     if not runs[0].history or runs[0].history[-1]["iteration"] != iterations:
         evaluate(step)
