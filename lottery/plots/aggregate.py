@@ -24,11 +24,12 @@ class Stat:
 
 
 def mean_min_max(values: Sequence[float]) -> Stat:
-    """Summarise `values` in the order given (summing in a fixed order keeps the mean bit-identical)."""
+    """Summarise `values`. The sum is `math.fsum` (correctly rounded): the built-in `sum` of floats rounds
+    differently from Python 3.12 on, and the CSV must not depend on the Python that renders it."""
     vals = [float(v) for v in values if v is not None]
     if not vals:
         return Stat(math.nan, math.nan, math.nan, 0)
-    return Stat(sum(vals) / len(vals), min(vals), max(vals), len(vals))
+    return Stat(math.fsum(vals) / len(vals), min(vals), max(vals), len(vals))
 
 
 def fmt(value: Any) -> str:

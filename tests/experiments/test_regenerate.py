@@ -168,3 +168,30 @@ def test_rewind_from_real_runs(tmp_path: Path, mnist_root: Path) -> None:
         run = _run_path("+exp=imp_lenet", "seed=0", *variants[row["series"]], extra=extra)
         assert float(row["mean"]) == _metrics(run, int(row["level"]))[row["panel"]]
     assert {r["series"] for r in rows} == set(variants) and set(FIGURES) >= {"rewind"}
+
+
+def test_figure_means_do_not_depend_on_the_summation_order_of_the_python_version() -> None:
+    from lottery.plots.aggregate import mean_min_max
+
+    # The built-in sum gives 0.9999999999999999 here before Python 3.12 and 1.0 after; fsum is exact on both.
+    stat = mean_min_max([0.1] * 10)
+    assert stat.mean == 0.1 and (stat.min, stat.max, stat.n) == (0.1, 0.1, 10)
+
+
+def test_committed_h200_lth_lenet_renders_again_from_its_stored_results(tmp_path: Path, monkeypatch) -> None:
+    import tarfile
+
+    from helpers import REPO
+
+    stored = REPO / "experiments" / "figures" / "rendered" / "lth_lenet_h200"
+    with tarfile.open(stored / "run_metrics.tar.gz") as tar:
+        tar.extractall(tmp_path / "store", filter="data")
+    monkeypatch.setenv("LOTTERY_RUNS", str(tmp_path / "store"))
+    args = ["lth_lenet", "--no-run", "--out", str(tmp_path / "figures")]
+    for override in ("training.engine=batched", "trainer=gpu", "logger=none", "progress_bar=false"):
+        args += ["--set", override]
+    assert main(args) == 0
+    rendered = tmp_path / "figures" / "lth_lenet" / "lth_lenet.csv"
+    assert rendered.read_bytes() == (stored / "lth_lenet.csv").read_bytes()
+    rows = _csv(rendered)
+    assert {r["n"] for r in rows} == {"5"} and len({r["level"] for r in rows}) == 20
