@@ -179,3 +179,44 @@ def test_bad_inputs_are_refused() -> None:
         train_replicates(lenet, inits, masks, data, 20, [0, 1], 2, optimizer="rmsprop")
     with pytest.raises(ValueError, match="without buffers"):
         train_replicates(lambda: torch.nn.BatchNorm1d(3), [{}], [None], data, 20, [0], 2)
+
+
+def test_conv_replicates_equal_separate_runs() -> None:
+    """Conv-N (vmapped conv2d) replicates follow their own runs as LeNet's do."""
+    shape = (3, 32, 32)
+
+    def conv2() -> torch.nn.Module:
+        return create_model("conv2", seed=0, input_shape=shape, num_classes=10)
+
+    g = torch.Generator().manual_seed(0)
+    train = (torch.randn(80, *shape, generator=g), torch.randint(0, 10, (80,), generator=g))
+    inits, masks = [], []
+    for seed in range(2):
+        model = create_model("conv2", seed=seed, input_shape=shape, num_classes=10)
+        names = prunable_names(model)
+        inits.append({k: v.clone() for k, v in model.state_dict().items()})
+        masks.append(magnitude_prune(dict(model.named_parameters()), Mask.ones(model, names), 1,
+                                     {n: 0.3 for n in names}, 0.3))
+    runs = train_replicates(conv2, inits, masks, train, 20, [0, 1], 6, lr=1e-3)
+    for r in range(2):
+        model = conv2()
+        model.load_state_dict(inits[r])
+        params = dict(model.named_parameters())
+        masked = [(params[n], m.float()) for n, m in masks[r].items()]
+        with torch.no_grad():
+            for p, m in masked:
+                p.mul_(m)
+        optim = torch.optim.Adam(model.parameters(), lr=1e-3)
+        for x, y in BatchStream(*train, 20, seed=r, end=6):
+            loss = F.cross_entropy(model(x), y)
+            optim.zero_grad()
+            loss.backward()
+            for p, m in masked:
+                p.grad.mul_(m)
+            optim.step()
+            with torch.no_grad():
+                for p, m in masked:
+                    p.mul_(m)
+        for name, want in model.state_dict().items():
+            moved = (want - inits[r][name] * (masks[r][name] if name in masks[r] else 1)).abs().max()
+            assert (runs[r].state[name] - want).abs().max() <= 0.05 * moved + 1e-6, (r, name)
