@@ -39,9 +39,10 @@ def replicate_inputs(seeds: list[int]) -> tuple[list[dict], list[Mask | None]]:
     return inits, masks
 
 
-def plain_run(init: dict, mask: Mask | None, train, seed: int, opt: str, iterations: int, val) -> tuple[dict, list]:
+def plain_run(init: dict, mask: Mask | None, train, seed: int, opt: str, iterations: int, val,
+              model_fn=lenet) -> tuple[dict, list]:
     """One replicate the ordinary way: MaskedClassifier's math with torch.optim and a BatchStream."""
-    model = lenet()
+    model = model_fn()
     model.load_state_dict(init)
     params = dict(model.named_parameters())
     masked = [(params[n], m.float()) for n, m in (mask or {}).items() if not m.all()]
@@ -197,26 +198,10 @@ def test_conv_replicates_equal_separate_runs() -> None:
         inits.append({k: v.clone() for k, v in model.state_dict().items()})
         masks.append(magnitude_prune(dict(model.named_parameters()), Mask.ones(model, names), 1,
                                      {n: 0.3 for n in names}, 0.3))
-    runs = train_replicates(conv2, inits, masks, train, 20, [0, 1], 6, lr=1e-3)
+    runs = train_replicates(conv2, inits, masks, train, 20, [0, 1], 6, lr=1e-3, weight_decay=1e-3,
+                            milestones=[15], gamma=0.5)
     for r in range(2):
-        model = conv2()
-        model.load_state_dict(inits[r])
-        params = dict(model.named_parameters())
-        masked = [(params[n], m.float()) for n, m in masks[r].items()]
-        with torch.no_grad():
-            for p, m in masked:
-                p.mul_(m)
-        optim = torch.optim.Adam(model.parameters(), lr=1e-3)
-        for x, y in BatchStream(*train, 20, seed=r, end=6):
-            loss = F.cross_entropy(model(x), y)
-            optim.zero_grad()
-            loss.backward()
-            for p, m in masked:
-                p.grad.mul_(m)
-            optim.step()
-            with torch.no_grad():
-                for p, m in masked:
-                    p.mul_(m)
-        for name, want in model.state_dict().items():
-            moved = (want - inits[r][name] * (masks[r][name] if name in masks[r] else 1)).abs().max()
-            assert (runs[r].state[name] - want).abs().max() <= 0.05 * moved + 1e-6, (r, name)
+        want, _ = plain_run(inits[r], masks[r], train, r, "adam", 6, None, model_fn=conv2)
+        for name, value in want.items():
+            moved = (value - inits[r][name] * (masks[r][name] if name in masks[r] else 1)).abs().max()
+            assert (runs[r].state[name] - value).abs().max() <= 0.05 * moved + 1e-6, (r, name)
