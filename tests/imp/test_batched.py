@@ -169,3 +169,23 @@ def test_batchnorm_models_are_refused_before_any_folder(tmp_path, mnist_root) ->
     with pytest.raises(ConfigError, match="without buffers"):
         run(cfg)
     assert not (tmp_path / "runs").exists()
+
+
+def test_conv_experiment_runs_batched(tmp_path) -> None:
+    """The lth_conv networks (Conv-N, no augmentation as in the paper) train through the batched engine too."""
+    small = ["+exp=imp_conv2", "data=synthetic_cifar", "data.augment=false", "data.val_size=100",
+             "data.train_subset=200", "data.eval_subset=50", "training.batch_size=10", "training.iterations=4",
+             "training.eval_every=2", "imp.levels=1", f"store.root={tmp_path}"]
+    cfg = make_config([*small, "+branch=random_reinit", "training.engine=batched", "seeds=[0,1]", "logger=none",
+                       "progress_bar=false"])
+    rows = run(cfg)
+    assert len(rows) == 2 * 3
+    for seed in (0, 1):
+        one = make_config([*small, "training.engine=batched", f"seed={seed}"])
+        path = RunStore(one.store.root, one, prefix="imp").path
+        level1 = json.loads((path / "level_01" / "metrics.json").read_text())
+        assert level1["replicates"] == 4 and [h["iteration"] for h in level1["history"]] == [2, 4]
+        mask = Mask(load_torch(path / "level_01" / "mask.pt"))
+        final = load_torch(path / "level_01" / f"branch_random_reinit_s{1000 + seed}" / "final.pt")
+        for name, keep in mask.items():
+            assert torch.count_nonzero(final[name][~keep]) == 0
