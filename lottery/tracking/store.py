@@ -6,7 +6,8 @@ Layout of a run folder (every file written atomically):
     rewind.pt            θk, the weights at the rewind point (only when rewinding to iteration/epoch k)
     level_NN/mask.pt     the level's mask (parameter name -> bool tensor)
     level_NN/start.pt    the weights the level started from (the ticket: θ0 ⊙ mask or θk ⊙ mask)
-    level_NN/last.ckpt   Lightning checkpoint for resuming a killed level (deleted when the level ends)
+    level_NN/last.ckpt   Lightning checkpoint for resuming a killed level (deleted when the level ends);
+                         replicate.ckpt with training.engine=batched
     level_NN/final.pt    the trained weights
     level_NN/metrics.json  the level's metrics; written last, so its presence marks the level done
 """
