@@ -297,9 +297,6 @@ def validate_imp(cfg: DictConfig) -> Steps:
     if engine in ("fabric", "batched") and (processes > 1 or cfg.trainer.strategy not in ("auto", "single_device")):
         raise ConfigError(f"training.engine={engine} trains on one device, not {processes} processes "
                           f"(trainer.strategy={cfg.trainer.strategy}); use training.engine=trainer for DDP")
-    if engine == "batched" and cfg.data.augment:
-        raise ConfigError("training.engine=batched does not augment batches; set data.augment=false or use "
-                          "training.engine=fabric")
     seeds = cfg.get("seeds")
     if seeds is not None:
         if len(seeds) == 0 or len(set(seeds)) != len(seeds):

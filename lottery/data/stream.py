@@ -20,6 +20,11 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=generator)
 
 
+def augment_generator(seed: int, iteration: int) -> torch.Generator:
+    """The generator that draws batch `iteration`'s augmentation: a function of (seed, iteration) only."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + 7_919 * iteration + 1)
+
+
 class BatchStream:
     """Yields training batches `first()` .. `end - 1`, where batch i is the (i mod E)-th batch of epoch i // E.
 
@@ -55,7 +60,7 @@ class BatchStream:
             idx = order[start:start + self.batch_size]
             x = self.x[idx]
             if self.augment is not None:
-                x = self.augment(x, torch.Generator().manual_seed(self.seed * 1_000_003 + 7_919 * i + 1))
+                x = self.augment(x, augment_generator(self.seed, i))
             y = self.y[idx]
             if self.world_size > 1:
                 x, y = x[self.rank::self.world_size], y[self.rank::self.world_size]

@@ -22,6 +22,7 @@ from lottery.errors import DataError
 log = logging.getLogger(__name__)
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+CROP_PADDING = 4  # augmentation: random crops of a 4-pixel padded image (the standard CIFAR recipe)
 
 
 @dataclass(frozen=True)
@@ -182,12 +183,13 @@ class VisionDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return trainer.global_step if trainer is not None else 0
 
+    def crop_fill(self) -> torch.Tensor:
+        """The padding value of augmentation crops, per channel: a black pixel after normalisation."""
+        return -torch.tensor(self.info.mean) / torch.tensor(self.info.std)
+
     def train_dataloader(self) -> BatchStream:
         x, y = self.tensors["train"]
-        augment = None
-        if self.augment:
-            black = -torch.tensor(self.info.mean) / torch.tensor(self.info.std)
-            augment = partial(crop_flip, padding=4, fill=black)
+        augment = partial(crop_flip, padding=CROP_PADDING, fill=self.crop_fill()) if self.augment else None
         trainer = getattr(self, "trainer", None)
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         try:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from lottery.data.vision import CROP_PADDING
 from lottery.errors import ConfigError
 from lottery.imp.branches import branch_levels, branch_plan
 from lottery.imp.job import (
@@ -101,9 +102,6 @@ def run_batched(configs: Sequence[DictConfig]) -> list[dict[str, Any]]:
     for cfg in configs:  # every run's input is checked before the first folder is created
         steps, datamodule, model, rates, output_name = prepare(cfg, tensors)
         tensors = datamodule.tensors  # the seeds share the data; only its order differs
-        if list(model.buffers()):
-            raise ConfigError(f"training.engine=batched trains models without buffers (LeNet, Conv-N); "
-                              f"model.name={cfg.model.name} has BatchNorm, use training.engine=fabric")
         prepared.append((cfg, steps, datamodule, model, rates, output_name))
     with ExitStack() as stack:
         runs = []
@@ -189,6 +187,7 @@ def _train_group(group: list[Member], device: torch.device) -> None:
         eval_sets={"val": datamodule.tensors["val"], "test": datamodule.tensors["test"]},
         eval_batch_size=datamodule.eval_batch_size, device=device, cuda_graph=cfg.training.cuda_graph,
         checkpoints=[m.checkpoint for m in group], checkpoint_every=spec.checkpoint_every, rewind=rewind,
+        crop_padding=CROP_PADDING if datamodule.augment else 0, crop_fill=datamodule.crop_fill(),
         progress=label if spec.progress_bar else None)
     seconds = time.perf_counter() - began
     # Tickets first: a branch's W&B run references its level's mask and ticket artifacts.

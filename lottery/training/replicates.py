@@ -13,8 +13,12 @@ On CUDA the whole step (gather, forward, backward, masking, optimizer) can be ca
 replayed (`cuda_graph=True`): one launch per step instead of ~100. The batch position, the data order and the
 optimizer state live in fixed device buffers the graph reads; a new lr (a milestone) re-captures it.
 
+Buffers (BatchNorm running statistics) are stacked too and updated per replicate by the vmapped forward.
+Augmentation (`crop_padding`): replicate r's batch i is cropped and flipped with the randomness its own
+`BatchStream` would draw (`augment_generator(seed_r, i)`), drawn on the host and applied on the device.
+
 Each replicate's result equals a separate run with its seed to float tolerance (not bitwise: the batched matmuls
-sum in another order than the unbatched ones). Models with buffers (BatchNorm) are refused.
+sum in another order than the unbatched ones).
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from tqdm.auto import tqdm
 
-from lottery.data.stream import epoch_permutation
+from lottery.data.augment import apply_crop_flip, crop_flip_params
+from lottery.data.stream import augment_generator, epoch_permutation
 from lottery.pruning import Mask
 from lottery.tracking.atomic import load_torch, save_torch
 
@@ -86,6 +91,7 @@ def train_replicates(model_fn: Callable[[], nn.Module], inits: Sequence[Mapping[
                      device: str | torch.device = "cpu", cuda_graph: bool = False,
                      checkpoints: Sequence[Path] | None = None, checkpoint_every: int = 1000,
                      rewind: tuple[int, Callable[[int, dict[str, Tensor]], None]] | None = None,
+                     crop_padding: int = 0, crop_fill: Tensor | None = None,
                      progress: str | None = None, fail_after: int | None = None) -> list[ReplicateRun]:
     """Train K = len(seeds) replicates from absolute iteration `start_step` to `iterations`.
 
@@ -95,7 +101,8 @@ def train_replicates(model_fn: Callable[[], nn.Module], inits: Sequence[Mapping[
 
     `checkpoints[r]` is replicate r's resume file, written atomically every `checkpoint_every` steps and
     resumed from when all of them hold the same step. `rewind=(k, save)` calls `save(r, state)` for every
-    replicate right after absolute iteration k. `progress` names a progress bar (None: no bar). `fail_after`
+    replicate right after absolute iteration k. `crop_padding` > 0 augments training batches as `crop_flip` does
+    (padding value `crop_fill` per channel). `progress` names a progress bar (None: no bar). `fail_after`
     raises after that many steps (tests only: a kill the next call must recover from).
     """
     k = len(seeds)
@@ -106,22 +113,30 @@ def train_replicates(model_fn: Callable[[], nn.Module], inits: Sequence[Mapping[
     device = torch.device(device)
     graphed = cuda_graph and device.type == "cuda"
     base = model_fn()
-    if list(base.buffers()):
-        raise ValueError("train_replicates supports models without buffers (LeNet, Conv-N), not BatchNorm models")
     names = [n for n, _ in base.named_parameters()]
-    base = base.to("meta")  # only its structure is used; the weights come from `params`
-    params = {n: torch.stack([init[n].detach().float() for init in inits]).to(device) for n in names}
+    buffer_names = [n for n, _ in base.named_buffers()]
+    state_names = list(base.state_dict())  # the order of a replicate's state dict
+    for r, init in enumerate(inits):
+        if missing := [n for n in state_names if n not in init]:
+            raise ValueError(f"init {r} lacks {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} of the "
+                             "model's state dict")
+    base = base.to("meta")  # only its structure is used; the weights come from `params` and `buffers`
+    # The inits' floating dtype is kept (float32 normally; float64 lets a test compare without rounding noise).
+    params = {n: torch.stack([init[n].detach() for init in inits]).to(device) for n in names}
+    dtype = params[names[0]].dtype
+    buffers = {n: torch.stack([init[n].detach() for init in inits]).to(device) for n in buffer_names}
+    stacked = {**params, **buffers}  # everything a replicate's state dict holds, [K, ...] each
     masked = sorted({n for m in masks if m is not None for n, keep in m.items() if not keep.all()})
     keeps = [torch.stack([(m[n] if m is not None and n in m else torch.ones_like(params[n][0], dtype=torch.bool))
-                          .to(device, torch.float32) for m in masks]) for n in masked]
+                          .to(device, dtype) for m in masks]) for n in masked]
     weights = [params[n] for n in masked]
     plist = [params[n].requires_grad_() for n in names]
     masked_at = [names.index(n) for n in masked]
     opt = make_optimizer(plist, optimizer, lr, momentum, weight_decay, capturable=graphed)
 
     runs = [ReplicateRun() for _ in range(k)]
-    done, acc, counted = 0, torch.zeros(k, device=device), 0
-    resumed = _resume(checkpoints, params, names, opt, device) if checkpoints else None
+    done, acc, counted = 0, torch.zeros(k, device=device, dtype=dtype), 0
+    resumed = _resume(checkpoints, stacked, opt, device) if checkpoints else None
     if resumed is not None:
         done, histories, losses, counted = resumed
         for run, history in zip(runs, histories, strict=True):
@@ -131,11 +146,11 @@ def train_replicates(model_fn: Callable[[], nn.Module], inits: Sequence[Mapping[
         if weights:
             torch._foreach_mul_(weights, keeps)
 
-    def forward(p: dict[str, Tensor], x: Tensor) -> Tensor:
-        return functional_call(base, p, (x,))
+    def forward(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor) -> Tensor:
+        return functional_call(base, (p, b), (x,))
 
-    batched = vmap(forward)  # per-replicate weights and per-replicate batches
-    shared = vmap(forward, in_dims=(0, None))  # per-replicate weights, one evaluation batch for all
+    batched = vmap(forward)  # per-replicate weights and buffers, per-replicate batches
+    shared = vmap(forward, in_dims=(0, 0, None))  # per-replicate weights, one evaluation batch for all
     x_train, y_train = (t.to(device) for t in train)
     n = len(x_train)
     if n < batch_size:
@@ -144,13 +159,21 @@ def train_replicates(model_fn: Callable[[], nn.Module], inits: Sequence[Mapping[
     # Fixed buffers a captured graph reads: this epoch's order per replicate, and the batch position in it.
     order = torch.zeros(k, per_epoch, batch_size, dtype=torch.long, device=device)
     position = torch.zeros(1, dtype=torch.long, device=device)
+    # Augmentation randomness of the coming step, per replicate (filled on the host before each step).
+    crop_offsets = torch.zeros(2, k * batch_size, dtype=torch.long, device=device)
+    crop_flips = torch.zeros(k * batch_size, dtype=torch.bool, device=device)
+    fill = crop_fill.to(device, x_train.dtype) if crop_fill is not None else None
     evals = {s: (x.to(device), y.to(device)) for s, (x, y) in (eval_sets or {}).items()}
     steps = iterations - start_step
     val_every = max(min(eval_every, steps), 1)
 
     def train_step() -> None:
         idx = order.index_select(1, position).squeeze(1)  # [K, batch]: replicate r's BatchStream batch i
-        logits = batched(params, x_train[idx])
+        x = x_train[idx]
+        if crop_padding:
+            x = apply_crop_flip(x.flatten(0, 1), crop_offsets, crop_flips, crop_padding, fill).view_as(x)
+        base.train()
+        logits = batched(params, buffers, x)
         losses = F.cross_entropy(logits.flatten(0, 1), y_train[idx].flatten(), reduction="none")
         losses = losses.view(k, batch_size).mean(1)
         grads = torch.autograd.grad(losses.sum(), plist)  # replicates are independent: d(sum)/dθ_r = dL_r/dθ_r
@@ -168,17 +191,19 @@ def train_replicates(model_fn: Callable[[], nn.Module], inits: Sequence[Mapping[
     def evaluate(step: int) -> None:
         nonlocal counted
         rows: list[dict[str, float]] = [{"iteration": start_step + step} for _ in range(k)]
+        base.eval()  # BatchNorm normalises with its running statistics
         with torch.no_grad():
             for split, (x, y) in evals.items():
-                sums = torch.zeros(k, 3, device=device)
+                sums = torch.zeros(k, 3, device=device, dtype=dtype)
                 for lo in range(0, len(x), eval_batch_size):
                     xb, yb = x[lo:lo + eval_batch_size], y[lo:lo + eval_batch_size]
-                    logits = shared(params, xb)  # [K, b, classes]
+                    logits = shared(params, buffers, xb)  # [K, b, classes]
                     loss = F.cross_entropy(logits.flatten(0, 1), yb.repeat(k), reduction="none").view(k, -1)
                     correct = (logits.argmax(-1) == yb).sum(1)
-                    sums += torch.stack([loss.sum(1), correct.float(), torch.full_like(loss[:, 0], len(yb))], 1)
+                    sums += torch.stack([loss.sum(1), correct.to(dtype), torch.full_like(loss[:, 0], len(yb))], 1)
                 for row, (loss_sum, right, count) in zip(rows, sums.tolist(), strict=True):
                     row[f"{split}_loss"], row[f"{split}_acc"] = loss_sum / count, right / count
+        base.train()
         train_losses = acc.tolist()
         next_lr = lr * lr_factor(step, start_step, milestones, gamma)  # what the Trainer's scheduler reports
         for row, run, total in zip(rows, runs, train_losses, strict=True):
@@ -199,12 +224,12 @@ def train_replicates(model_fn: Callable[[], nn.Module], inits: Sequence[Mapping[
     def save_checkpoints(step: int) -> None:
         # One device-to-host copy per stacked tensor; each replicate's file gets its own slices (cloned: saving
         # a view would store the whole [K, ...] storage).
-        weights_now = {name: params[name].detach().cpu() for name in names}
+        weights_now = {name: value.detach().cpu() for name, value in stacked.items()}
         state = {i: {key: v.detach().cpu() for key, v in per_param.items()}
                  for i, per_param in opt.state_dict()["state"].items()}
         train_losses = acc.cpu()
         files = [(path, {"format": CHECKPOINT_FORMAT, "step": step, "start_step": start_step, "seed": seeds[r],
-                         "model": {name: weights_now[name][r].clone() for name in names},
+                         "model": {name: weights_now[name][r].clone() for name in state_names},
                          "optimizer": {i: {key: (v[r].clone() if v.dim() else v.clone()) for key, v in per.items()}
                                        for i, per in state.items()},
                          "history": [dict(row) for row in runs[r].history],
@@ -228,6 +253,13 @@ def train_replicates(model_fn: Callable[[], nn.Module], inits: Sequence[Mapping[
                 perms = torch.stack([epoch_permutation(n, s, epoch)[:per_epoch * batch_size] for s in seeds])
                 order.copy_(perms.view(k, per_epoch, batch_size))
                 position.fill_(i % per_epoch)
+            if crop_padding:
+                draws = [crop_flip_params(batch_size, augment_generator(s, i), crop_padding) for s in seeds]
+                host = (torch.cat([o for o, _ in draws], 1), torch.cat([f for _, f in draws]))
+                if device.type == "cuda":  # pinned: the copy is queued behind the running step, not waited for
+                    host = tuple(t.pin_memory() for t in host)
+                crop_offsets.copy_(host[0], non_blocking=True)
+                crop_flips.copy_(host[1], non_blocking=True)
             rate = lr * lr_factor(step, start_step, milestones, gamma)
             if rate != opt.param_groups[0]["lr"]:
                 for group in opt.param_groups:
@@ -252,7 +284,7 @@ def train_replicates(model_fn: Callable[[], nn.Module], inits: Sequence[Mapping[
             pending += 1
             if rewind is not None and start_step + step == rewind[0]:
                 for r in range(k):
-                    rewind[1](r, {name: params[name][r].detach().cpu().clone() for name in names})
+                    rewind[1](r, {name: stacked[name][r].detach().cpu().clone() for name in state_names})
             if step % val_every == 0:
                 evaluate(step)
             if checkpoints and step % checkpoint_every == 0 and step < steps:
@@ -272,13 +304,13 @@ def train_replicates(model_fn: Callable[[], nn.Module], inits: Sequence[Mapping[
         evaluate(step)
     bar.close()
     for r, run in enumerate(runs):
-        run.state = {n: params[n][r].detach().cpu().clone() for n in names}
+        run.state = {n: stacked[n][r].detach().cpu().clone() for n in state_names}
     return runs
 
 
-def _resume(checkpoints: Sequence[Path], params: dict[str, Tensor], names: list[str], opt: torch.optim.Optimizer,
+def _resume(checkpoints: Sequence[Path], stacked: dict[str, Tensor], opt: torch.optim.Optimizer,
             device: torch.device) -> tuple[int, list[list[dict]], Tensor, int] | None:
-    """Load every replicate's checkpoint into the stacked weights and optimizer; None when there are none."""
+    """Load every replicate's checkpoint into the stacked state and optimizer; None when there are none."""
     found = [_load_checkpoint(p) if p.exists() else None for p in checkpoints]
     if all(state is None for state in found):
         return None
@@ -289,8 +321,8 @@ def _resume(checkpoints: Sequence[Path], params: dict[str, Tensor], names: list[
     states = [s for s in found if s is not None]
     counts = {float(s["train_loss"][1]) for s in states}
     with torch.no_grad():
-        for name in names:
-            params[name].copy_(torch.stack([s["model"][name] for s in states]))
+        for name, value in stacked.items():
+            value.copy_(torch.stack([s["model"][name] for s in states]))
     per_param = {i: {key: (torch.stack([s["optimizer"][i][key] for s in states]) if value.dim() else value)
                      for key, value in states[0]["optimizer"][i].items()} for i in states[0]["optimizer"]}
     if per_param:

@@ -58,3 +58,28 @@ def test_cuda_graph_step_equals_eager_and_cpu(opt: str, tmp_path) -> None:
                 assert (other.state[name] - value).abs().max() <= 0.05 * moved + 1e-6, (r, name)
         for name, keep in masks[r].items():
             assert torch.count_nonzero(graphed[r].state[name][~keep]) == 0
+
+
+def test_cuda_graph_with_batchnorm_and_augmentation_in_float64() -> None:
+    """ResNet-20's BatchNorm buffers and the per-step crop randomness (copied into fixed buffers before each
+    replay) under a CUDA graph: float64, so rounding cannot hide a difference from the CPU result."""
+    shape = (3, 32, 32)
+    fill = torch.tensor([-1.0, -2.0, -3.0], dtype=torch.float64)
+
+    def resnet() -> torch.nn.Module:
+        return create_model("resnet20", seed=0, input_shape=shape, num_classes=10).double()
+
+    g = torch.Generator().manual_seed(3)
+    train = (torch.randn(120, *shape, generator=g, dtype=torch.float64), torch.randint(0, 10, (120,), generator=g))
+    val = (torch.randn(20, *shape, generator=g, dtype=torch.float64), torch.randint(0, 10, (20,), generator=g))
+    inits = [{k: v.clone() for k, v in create_model("resnet20", seed=s, input_shape=shape, num_classes=10)
+              .double().state_dict().items()} for s in range(3)]
+    kw = dict(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=1e-4, milestones=[9], gamma=0.5, eval_every=6,
+              eval_sets={"val": val}, crop_padding=4, crop_fill=fill)
+    cpu = train_replicates(resnet, inits, [None] * 3, train, 10, [0, 1, 2], 15, device="cpu", **kw)
+    graphed = train_replicates(resnet, inits, [None] * 3, train, 10, [0, 1, 2], 15, device="cuda", cuda_graph=True,
+                               **kw)
+    for a, b in zip(graphed, cpu, strict=True):
+        for name, value in b.state.items():
+            assert torch.allclose(a.state[name], value, rtol=1e-8, atol=1e-10), name
+        assert [h["val_loss"] for h in a.history] == pytest.approx([h["val_loss"] for h in b.history], rel=1e-8)
