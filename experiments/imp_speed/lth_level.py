@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from lottery.config import register_configs  # noqa: E402
-from lottery.imp.job import run  # noqa: E402
+from lottery.imp.job import run, seed_configs  # noqa: E402
 from lottery.tracking import RunStore, load_json  # noqa: E402
 
 TARGET_LEVEL_S, TARGET_TOTAL_MIN = 90.0, 30.0
@@ -70,11 +70,7 @@ def main() -> None:
         began = time.perf_counter()
         rows = run(cfg)
         wall = time.perf_counter() - began
-        folders = []
-        for seed in range(args.seeds):
-            one = cfg.copy()
-            one.seed, one.seeds = seed, None
-            folders.append(RunStore(store, one, prefix="imp").path)
+        folders = [RunStore(store, one, prefix="imp").path for one in seed_configs(cfg)]
         level = {lv: load_json(folders[0] / f"level_{lv:02d}" / "metrics.json") for lv in (0, 1)}
         accuracy = {
             "level 0 ticket": [load_json(f / "level_00" / "metrics.json")["early_stop_test_acc"] for f in folders],

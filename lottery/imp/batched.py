@@ -131,13 +131,15 @@ def _level_members(run: SeedRun, level: int) -> list[Member]:
                  metrics["percent_remaining"])
         run.mask = done
         run.level_rows.append(summary_row(metrics))
-        ticket = (done, load_torch(exp.store.level(level) / "start.pt"), metrics["start_step"])
     else:
         plan = plan_level(exp, level, run.mask, run.rates, run.output_name)
         run.mask = plan.mask
         plans.append(plan)
-        ticket = (plan.mask, plan.start, plan.start_step)
     if cfg.get("branch") is not None and level in branch_levels(cfg):
+        if done is not None:  # the ticket's start weights are needed only here, and only read when they are
+            ticket = (done, load_torch(exp.store.level(level) / "start.pt"), metrics["start_step"])
+        else:
+            ticket = (plan.mask, plan.start, plan.start_step)
         plan = branch_plan(exp, level, *ticket)
         if (metrics := exp.metrics(plan.folder)) is not None:
             run.branch_rows.append(summary_row(metrics, branch=plan.tag))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,14 +16,7 @@ from lottery.models import create_model, prunable_names
 from lottery.pruning import Mask, magnitude_prune
 from lottery.tracking.atomic import save_torch
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # Two threads on a loaded 2-core machine make tiny ops erratic; one keeps these tests quick.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def datamodule() -> VisionDataModule:

@@ -3,8 +3,6 @@ slice exactly as its own optimizer; a killed group resumes bitwise; the rewind p
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,13 +12,7 @@ from lottery.models import create_model, prunable_names
 from lottery.pruning import Mask, magnitude_prune
 from lottery.training.replicates import checkpoint_step, make_optimizer, train_replicates
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def lenet() -> torch.nn.Module:
@@ -39,23 +31,29 @@ def replicate_inputs(seeds: list[int]) -> tuple[list[dict], list[Mask | None]]:
     return inits, masks
 
 
-def plain_run(init: dict, mask: Mask | None, train, seed: int, opt: str, iterations: int, val,
-              model_fn=lenet) -> tuple[dict, list]:
-    """One replicate the ordinary way: MaskedClassifier's math with torch.optim and a BatchStream."""
+def plain_run(init: dict, mask: Mask | None, train, seed: int, opt: str, iterations: int, val, model_fn=lenet, *,
+              lr: float | None = None, weight_decay: float = 1e-3, milestone: int | None = 15,
+              batch_size: int = 20, eval_every: int = 10, augment=None) -> tuple[dict, list]:
+    """One replicate the ordinary way: MaskedClassifier's math with torch.optim and a BatchStream.
+
+    SGD uses momentum 0.9; at `milestone` the lr halves. Returns the final state and (val loss, val acc) at
+    every `eval_every` steps (evaluated in eval mode, as the Trainer does)."""
     model = model_fn()
     model.load_state_dict(init)
     params = dict(model.named_parameters())
-    masked = [(params[n], m.float()) for n, m in (mask or {}).items() if not m.all()]
+    masked = [(params[n], m.to(params[n].dtype)) for n, m in (mask or {}).items() if not m.all()]
     with torch.no_grad():
         for p, m in masked:
             p.mul_(m)
-    lr = 1e-3 if opt == "adam" else 0.05
-    optim = (torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-3) if opt == "adam"
-             else torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-3))
+    lr = lr if lr is not None else (1e-3 if opt == "adam" else 0.05)
+    optim = (torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay) if opt == "adam"
+             else torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay))
     history = []
-    for i, (x, y) in enumerate(BatchStream(*train, 20, seed=seed, end=iterations)):
-        for group in optim.param_groups:  # milestone at iteration 15, gamma 0.5
-            group["lr"] = lr * (0.5 if i >= 15 else 1.0)
+    stream = BatchStream(*train, batch_size, seed=seed, end=iterations, augment=augment)
+    for i, (x, y) in enumerate(stream):
+        for group in optim.param_groups:
+            group["lr"] = lr * (0.5 if milestone is not None and i >= milestone else 1.0)
+        model.train()
         loss = F.cross_entropy(model(x), y)
         optim.zero_grad()
         loss.backward()
@@ -65,7 +63,8 @@ def plain_run(init: dict, mask: Mask | None, train, seed: int, opt: str, iterati
         with torch.no_grad():
             for p, m in masked:
                 p.mul_(m)
-        if (i + 1) % 10 == 0:
+        if (i + 1) % eval_every == 0:
+            model.eval()
             with torch.no_grad():
                 logits = model(val[0])
             history.append((F.cross_entropy(logits, val[1]).item(), (logits.argmax(1) == val[1]).float().mean().item()))
@@ -235,34 +234,11 @@ def test_batchnorm_and_augmentation_replicates_equal_separate_runs_in_float64() 
     runs = train_replicates(resnet, inits, masks, train, 10, [0, 1], 4, optimizer="sgd", lr=0.05, momentum=0.9,
                             weight_decay=1e-4, eval_every=2, eval_sets={"val": val}, crop_padding=4, crop_fill=fill)
     for r in range(2):
-        model = resnet()
-        model.load_state_dict(inits[r])
-        params = dict(model.named_parameters())
-        masked = [(params[n], m.double()) for n, m in masks[r].items()]
-        with torch.no_grad():
-            for p, m in masked:
-                p.mul_(m)
-        optim = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
-        history = []
-        stream = BatchStream(*train, 10, seed=r, end=4, augment=lambda x, gen: crop_flip(x, gen, 4, fill))
-        for i, (x, y) in enumerate(stream):
-            model.train()
-            loss = F.cross_entropy(model(x), y)
-            optim.zero_grad()
-            loss.backward()
-            for p, m in masked:
-                p.grad.mul_(m)
-            optim.step()
-            with torch.no_grad():
-                for p, m in masked:
-                    p.mul_(m)
-            if (i + 1) % 2 == 0:
-                model.eval()
-                with torch.no_grad():
-                    history.append(F.cross_entropy(model(val[0]), val[1]).item())
-        want = model.state_dict()
+        want, history = plain_run(inits[r], masks[r], train, r, "sgd", 4, val, resnet, lr=0.05, weight_decay=1e-4,
+                                  milestone=None, batch_size=10, eval_every=2,
+                                  augment=lambda x, gen: crop_flip(x, gen, 4, fill))
         assert want.keys() == runs[r].state.keys()
         for name, value in want.items():
             assert torch.allclose(runs[r].state[name], value, rtol=1e-9, atol=1e-12), (r, name)
         assert int(runs[r].state["bn.num_batches_tracked"]) == 4
-        assert [h["val_loss"] for h in runs[r].history] == pytest.approx(history, rel=1e-9)
+        assert [h["val_loss"] for h in runs[r].history] == pytest.approx([loss for loss, _ in history], rel=1e-9)
