@@ -38,18 +38,33 @@ log = logging.getLogger(__name__)
 HASH_EXCLUDED = ("name", "logger", "store", "progress_bar", "data.root", "data.download",
                  "training.checkpoint_every", "training.cuda_graph", "branch", "seeds")
 
+# Keys added to the schema after runs were already stored, with the value that every earlier run implicitly
+# had. While a key holds that value it is left out of the hash, so adding an option never moves the folder of
+# an existing config; a run that sets it to anything else gets a new hash. Add new keys here, never remove one.
+HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {}
+
+
+def _parent(data: dict[str, Any], dotted: str) -> tuple[dict[str, Any] | None, str]:
+    """The dict holding the last key of `dotted`, and that key (None if a parent is absent or not a dict)."""
+    *parents, leaf = dotted.split(".")
+    node: Any = data
+    for key in parents:
+        node = node.get(key, {}) if isinstance(node, dict) else {}
+    return (node if isinstance(node, dict) else None), leaf
+
 
 def hashable_config(cfg: DictConfig | dict) -> dict[str, Any]:
-    """The resolved config without the keys in HASH_EXCLUDED."""
+    """The resolved config without the keys in HASH_EXCLUDED, and without new keys at their neutral default."""
     data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else json.loads(json.dumps(cfg))
     data.pop("hydra", None)
     for dotted in HASH_EXCLUDED:
-        *parents, leaf = dotted.split(".")
-        node = data
-        for key in parents:
-            node = node.get(key, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict):
+        node, leaf = _parent(data, dotted)
+        if node is not None:
             node.pop(leaf, None)
+    for dotted, neutral in HASH_NEUTRAL_DEFAULTS.items():
+        node, leaf = _parent(data, dotted)
+        if node is not None and leaf in node and node[leaf] == neutral:
+            node.pop(leaf)
     return data
 
 

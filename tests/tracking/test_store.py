@@ -64,3 +64,12 @@ def test_second_process_on_the_same_run_is_refused(tmp_path) -> None:
         with pytest.raises(StoreError, match="another process"):
             RunStore(tmp_path, cfg, prefix="imp").open()
     RunStore(tmp_path, cfg, prefix="imp").open().close()  # free again once released
+
+
+def test_a_key_added_later_is_hash_neutral_at_its_old_value(monkeypatch) -> None:
+    from lottery.tracking import store
+
+    monkeypatch.setattr(store, "HASH_NEUTRAL_DEFAULTS", {"pruning.score": "magnitude"})
+    before = {"seed": 0, "pruning": {"rate": 0.2}}
+    assert store.config_hash(before) == store.config_hash({"seed": 0, "pruning": {"rate": 0.2, "score": "magnitude"}})
+    assert store.config_hash(before) != store.config_hash({"seed": 0, "pruning": {"rate": 0.2, "score": "snip"}})
