@@ -18,9 +18,11 @@ here without its end-if / end-for lines:
     11      W[:, i+B:] <- W[:, i+B:] - E H^-1[i:i+B, i+B:]          lazy batch update
     12  W <- W * M                                                  set pruned weights to 0
 
-Row j of the upper Cholesky factor of H^-1, divided by its diagonal, is row j of the inverse Hessian of the
-columns not yet processed, so one factorization gives every OBS update of the left-to-right sweep without
-downdates (Sec. 3.2). N:M sparsity (Sec. 3.3) is line 7 with B_s = m, keeping n of every m in each row.
+From line 3 on, H^-1 is the upper Cholesky factor U of the inverse Hessian. With F = {j, j+1, ...} the columns
+not yet processed, U_jj U[j, j:] = [H_F^-1]_(j, j:), so the OBS step for w_j, -w_j [H_F^-1]_(j,:) / [H_F^-1]_jj,
+is -(w_j / U_jj) U[j, :] (lines 8 and 10), and U_jj^2 = [H_F^-1]_jj is line 7's denominator: one factorization
+gives every step of the left-to-right sweep without downdates (Sec. 3.2). N:M sparsity (Sec. 3.3) is line 7
+with B_s = m, keeping n of every m in each row.
 Lines 5-10 are ``_columns``; ``sparsegpt_prune`` is the rest, and on a GPU replays ``_columns`` from a CUDA
 graph (``lottery.llm.graph_cache``).
 """
@@ -114,7 +116,7 @@ def sparsegpt_prune(
     """Prune ``W`` ([d_row, d_col]) given the Hessian ``H`` ([d_col, d_col]) of its calibration inputs.
 
     ``blocksize`` is the paper's B, ``mask_blocksize`` its B_s (default B; a divisor of B). Unstructured:
-    in each B_s columns, the ``int(sparsity * d_row * B_s)`` weights with the lowest OBS error are pruned.
+    in each B_s columns, the ``int(sparsity * numel)`` weights of the slice with the lowest OBS error are pruned.
     N:M: every m columns, the n highest-error weights of each row are kept (B_s = m, ``sparsity`` ignored).
     ``mask`` (True = keep) fixes M instead of selecting it. ``percdamp`` damps H by that fraction of its
     mean diagonal. Returns ``(W_new, M)`` with ``W_new`` in the dtype of ``W`` and ``M`` True where kept.
@@ -148,12 +150,11 @@ def sparsegpt_prune(
     del H
 
     M = torch.ones_like(W, dtype=torch.bool) if mask is None else mask.to(W.device, torch.bool, copy=True)  # line 1
-    select = mask is None
+    consts = (sparsity, B_s, n, m, mask is None)
     for i in range(0, d_col, B):  # line 4
         i_end = min(i + B, d_col)
         E = W.new_zeros(d_row, i_end - i)  # line 2
         block = (W[:, i:i_end], M[:, i:i_end], E, Hinv[i:i_end, i:i_end])
-        consts = (sparsity, B_s, n, m, select)
         if USE_CUDA_GRAPHS:
             _GRAPHS(_columns, block, consts)  # lines 5-10
         else:
