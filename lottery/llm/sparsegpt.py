@@ -93,7 +93,7 @@ def _columns(W: Tensor, M: Tensor, E: Tensor, Hinv: Tensor, p: float, B_s: int, 
     With ``select`` each B_s columns get their mask when the sweep reaches them, so its errors include the
     updates from the columns before; otherwise M is fixed.
     """
-    for j in range(W.shape[1]):
+    for j in range(W.shape[1]):  # j counts from the block's first column; B_s divides B, so j mod B_s is unchanged
         if select and j % B_s == 0:
             M[:, j : j + B_s] = _select(W[:, j : j + B_s], Hinv.diagonal()[j : j + B_s], p, n, m)
         E[:, j] = (W[:, j] / Hinv[j, j]).masked_fill(M[:, j], 0)  # lines 8-9: kept weights have no error
