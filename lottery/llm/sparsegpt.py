@@ -1,9 +1,30 @@
-"""SparseGPT (Frantar & Alistarh 2023, Algorithm 1): one-shot pruning with OBS weight reconstruction.
+"""SparseGPT (Frantar & Alistarh 2023), Algorithm 1: one-shot pruning with OBS weight reconstruction.
 
-Notation follows the paper and its reference code: W [d_out, d_in] is the layer weight, H = 2 X X^T / N the
-layer-wise Hessian of ||WX - W'X||^2, Hinv the *upper Cholesky factor* of H^-1. Row q of that factor,
-divided by its diagonal, is row q of the inverse Hessian of the columns not yet processed, so one factor
-gives every OBS update of a left-to-right sweep without explicit downdates (paper, Sec. 3.2 / Eq. 5).
+The paper's notation: W [d_row, d_col] is the layer weight (d_row outputs, d_col inputs), H = 2 X X^T / N the
+Hessian of the layer-wise loss ||WX - W'X||^2, p the sparsity, M the binary mask (1 = kept), E the pruning
+errors of one block, B the lazy-batch block size and B_s the mask-selection block size. Algorithm 1, numbered
+here without its end-if / end-for lines:
+
+     1  M <- 1 (d_row x d_col)                                      binary pruning mask
+     2  E <- 0 (d_row x B)                                          block pruning errors
+     3  H^-1 <- Cholesky(H^-1)^T                                    Hessian inverse information
+     4  for i = 0, B, 2B, ...:
+     5      for j = i, ..., i + B - 1:
+     6          if j mod B_s = 0:
+     7              M[:, j:j+B_s] <- keep the (1-p) of W[:, j:j+B_s] with the largest w_c^2 / [H^-1]_cc^2
+     8          E[:, j-i] <- W[:, j] / [H^-1]_jj                    pruning error
+     9          E[:, j-i] <- (1 - M[:, j]) * E[:, j-i]              freeze weights that are not pruned
+    10          W[:, j:i+B] <- W[:, j:i+B] - E[:, j-i] H^-1[j, j:i+B]  OBS update
+    11      W[:, i+B:] <- W[:, i+B:] - E H^-1[i:i+B, i+B:]          lazy batch update
+    12  W <- W * M                                                  set pruned weights to 0
+
+From line 3 on, H^-1 is the upper Cholesky factor U of the inverse Hessian. With F = {j, j+1, ...} the columns
+not yet processed, U_jj U[j, j:] = [H_F^-1]_(j, j:), so the OBS step for w_j, -w_j [H_F^-1]_(j,:) / [H_F^-1]_jj,
+is -(w_j / U_jj) U[j, :] (lines 8 and 10), and U_jj^2 = [H_F^-1]_jj is line 7's denominator: one factorization
+gives every step of the left-to-right sweep without downdates (Sec. 3.2). N:M sparsity (Sec. 3.3) is line 7
+with B_s = m, keeping n of every m in each row.
+Lines 5-10 are ``_columns``; ``sparsegpt_prune`` is the rest, and on a GPU replays ``_columns`` from a CUDA
+graph (``lottery.llm.graph_cache``).
 """
 
 from __future__ import annotations
@@ -14,13 +35,17 @@ import torch
 from torch import Tensor
 
 from lottery.llm._common import is_nm, lowest_k_pruned, validate_prune_args
+from lottery.llm.graph_cache import GraphCache
 from lottery.pruning.nm import nm_mask
 
 log = logging.getLogger(__name__)
 
+USE_CUDA_GRAPHS = True  # set False to run the column loop eagerly on GPUs too (same results, slower)
+_GRAPHS = GraphCache()
+
 
 def inverse_hessian_cholesky(H: Tensor, percdamp: float, retries: int = 4) -> Tensor:
-    """Upper Cholesky factor of (H + damp*I)^-1 with damp = percdamp * mean(diag H).
+    """Line 3: the upper Cholesky factor of (H + damp*I)^-1, with damp = percdamp * mean(diag H).
 
     H is a float32 matrix with no zero diagonal. If a factorization fails (H numerically singular), the
     damping is multiplied by 10 up to ``retries`` times, with a warning each time.
@@ -48,76 +73,31 @@ def inverse_hessian_cholesky(H: Tensor, percdamp: float, retries: int = 4) -> Te
     raise RuntimeError(f"SparseGPT: Hessian is not positive definite even with damp={damp:.3g}")
 
 
-def _sweep(W1: Tensor, Hinv1: Tensor, mask1: Tensor, d1_sq: Tensor, Q1: Tensor, Err1: Tensor, n: int, m: int,
-           choose_nm: bool) -> None:
-    """The within-block column loop of Algorithm 1, in place: quantize column i, spread its error right.
+def _select(W: Tensor, Hinv_diag: Tensor, p: float, n: int, m: int) -> Tensor:
+    """Line 7: the keep-mask of W's columns by the OBS error w_c^2 / [H^-1]_cc^2.
+
+    Unstructured: the int(p * numel) lowest errors of the whole slice are pruned. N:M: the n highest errors
+    of every m consecutive weights in a row are kept (``p`` unused).
+    """
+    error = W**2 / Hinv_diag**2
+    if is_nm(n, m):
+        return nm_mask(error, n, m)
+    return ~lowest_k_pruned(error.flatten(), int(error.numel() * p)).reshape(error.shape)
+
+
+def _columns(W: Tensor, M: Tensor, E: Tensor, Hinv: Tensor, p: float, B_s: int, n: int, m: int,
+             select: bool) -> None:
+    """Lines 5-10 for one block of columns: W [d_row, B], M, E and the block's Hinv [B, B], in place.
 
     Free of host synchronisation (no boolean indexing, no .item()), so it can be captured in a CUDA graph.
-    ``mask1`` is True = pruned; with ``choose_nm`` each group of m columns is chosen when the sweep reaches it.
+    With ``select`` each B_s columns get their mask when the sweep reaches them, so its errors include the
+    updates from the columns before; otherwise M is fixed.
     """
-    for i in range(W1.shape[1]):
-        w = W1[:, i]
-        d = Hinv1[i, i]
-        if choose_nm and i % m == 0:
-            # Chosen only now, so the group's scores include the updates from the columns before it.
-            mask1[:, i : i + m] = ~nm_mask(W1[:, i : i + m] ** 2 / d1_sq[:, i : i + m], n, m)
-        q = w.masked_fill(mask1[:, i], 0)
-        Q1[:, i] = q
-        err1 = (w - q) / d
-        W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
-        Err1[:, i] = err1
-
-
-class _GraphedSweep:
-    """`_sweep` for one (rows, columns, n, m, choose_nm) shape on one GPU, captured once as a CUDA graph.
-
-    A block has ~8 small kernels per column; replaying them from a graph removes the per-launch CPU cost
-    that dominates the reference implementation. The kernels are the eager ones, so results are identical.
-    """
-
-    def __init__(self, rows: int, count: int, n: int, m: int, choose_nm: bool, device: torch.device):
-        f32 = dict(device=device, dtype=torch.float32)
-        self.W1, self.Q1, self.Err1 = (torch.zeros(rows, count, **f32) for _ in range(3))
-        self.Hinv1, self.d1_sq = torch.eye(count, **f32), torch.ones(1, count, **f32)
-        self.mask1 = torch.zeros(rows, count, device=device, dtype=torch.bool)
-        args = (self.W1, self.Hinv1, self.mask1, self.d1_sq, self.Q1, self.Err1, n, m, choose_nm)
-        stream = torch.cuda.Stream(device)
-        stream.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(stream):  # warm-up outside the capture (cuBLAS handles, workspaces)
-            _sweep(*args)
-        torch.cuda.current_stream(device).wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            _sweep(*args)
-
-    def __call__(self, W1: Tensor, Hinv1: Tensor, mask1: Tensor, d1_sq: Tensor) -> tuple[Tensor, Tensor]:
-        self.W1.copy_(W1)
-        self.Hinv1.copy_(Hinv1)
-        self.mask1.copy_(mask1)
-        self.d1_sq.copy_(d1_sq)
-        self.graph.replay()
-        mask1.copy_(self.mask1)
-        return self.Q1.clone(), self.Err1.clone()
-
-
-_GRAPHS: dict[tuple, _GraphedSweep] = {}
-USE_CUDA_GRAPHS = True  # set False to run the column loop eagerly on GPUs too (same results, slower)
-
-
-def _sweep_block(W1: Tensor, Hinv1: Tensor, mask1: Tensor, d1_sq: Tensor, n: int, m: int,
-                 choose_nm: bool) -> tuple[Tensor, Tensor]:
-    """(Q1, Err1) of one block; ``mask1`` is filled in place when the N:M groups are chosen in the sweep."""
-    rows, count = W1.shape
-    if USE_CUDA_GRAPHS and W1.is_cuda and not torch.cuda.is_current_stream_capturing():
-        key = (W1.device, rows, count, n, m, choose_nm)
-        if key not in _GRAPHS:
-            if len(_GRAPHS) >= 16:  # a handful of layer shapes per model; bound the static buffers anyway
-                _GRAPHS.clear()
-            _GRAPHS[key] = _GraphedSweep(rows, count, n, m, choose_nm, W1.device)
-        return _GRAPHS[key](W1, Hinv1, mask1, d1_sq)
-    Q1, Err1 = torch.zeros_like(W1), torch.zeros_like(W1)
-    _sweep(W1, Hinv1, mask1, d1_sq, Q1, Err1, n, m, choose_nm)
-    return Q1, Err1
+    for j in range(W.shape[1]):  # j counts from the block's first column; B_s divides B, so j mod B_s is unchanged
+        if select and j % B_s == 0:
+            M[:, j : j + B_s] = _select(W[:, j : j + B_s], Hinv.diagonal()[j : j + B_s], p, n, m)
+        E[:, j] = (W[:, j] / Hinv[j, j]).masked_fill(M[:, j], 0)  # lines 8-9: kept weights have no error
+        W[:, j:] -= E[:, j : j + 1].matmul(Hinv[j : j + 1, j:])  # line 10
 
 
 @torch.no_grad()
@@ -131,25 +111,33 @@ def sparsegpt_prune(
     percdamp: float = 0.01,
     *,
     mask: Tensor | None = None,
+    mask_blocksize: int | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Prune ``W`` ([d_out, d_in]) given the Hessian ``H`` ([d_in, d_in]) of its calibration inputs.
+    """Prune ``W`` ([d_row, d_col]) given the Hessian ``H`` ([d_col, d_col]) of its calibration inputs.
 
-    Unstructured: in each block of ``blocksize`` columns, the ``int(sparsity * numel)`` weights with the
-    lowest OBS error w^2 / [H^-1]_qq (on the weights already updated by earlier blocks) are pruned.
-    N:M: every m columns, keep the n highest-error weights of each group (``sparsity`` ignored).
-    ``mask`` (True = keep) fixes the pattern instead of selecting it. Returns ``(W_new, mask)`` with
-    ``W_new`` in the dtype of ``W`` and ``mask`` True where a weight is kept.
+    ``blocksize`` is the paper's B, ``mask_blocksize`` its B_s (default B; a divisor of B). Unstructured:
+    in each B_s columns, the ``int(sparsity * numel)`` weights of the slice with the lowest OBS error are pruned.
+    N:M: every m columns, the n highest-error weights of each row are kept (B_s = m, ``sparsity`` ignored).
+    ``mask`` (True = keep) fixes M instead of selecting it. ``percdamp`` damps H by that fraction of its
+    mean diagonal. Returns ``(W_new, M)`` with ``W_new`` in the dtype of ``W`` and ``M`` True where kept.
     """
     validate_prune_args(W, sparsity, n, m)
-    rows, columns = W.shape
-    if H.shape != (columns, columns):
-        raise ValueError(f"H must be [d_in, d_in] = [{columns}, {columns}], got {tuple(H.shape)}")
+    d_row, d_col = W.shape
+    if H.shape != (d_col, d_col):
+        raise ValueError(f"H must be [d_in, d_in] = [{d_col}, {d_col}], got {tuple(H.shape)}")
     if blocksize <= 0 or (is_nm(n, m) and blocksize % m != 0):
         raise ValueError(f"blocksize must be positive and a multiple of m, got blocksize={blocksize}, m={m}")
+    if mask_blocksize is not None and (
+        mask_blocksize <= 0 or blocksize % mask_blocksize != 0 or (is_nm(n, m) and mask_blocksize != m)
+    ):
+        raise ValueError(f"mask_blocksize must divide blocksize={blocksize} (and equal m for N:M), "
+                         f"got mask_blocksize={mask_blocksize}, m={m}")
     if percdamp < 0:
         raise ValueError(f"percdamp must be >= 0, got {percdamp}")
     if mask is not None and mask.shape != W.shape:
         raise ValueError(f"mask must have the shape of W {tuple(W.shape)}, got {tuple(mask.shape)}")
+    B = blocksize
+    B_s = m if is_nm(n, m) else (mask_blocksize or B)
 
     dtype = W.dtype
     W = W.detach().clone().float()
@@ -158,30 +146,18 @@ def sparsegpt_prune(
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
-    Hinv = inverse_hessian_cholesky(H, percdamp)
+    Hinv = inverse_hessian_cholesky(H, percdamp)  # line 3
     del H
 
-    pruned = torch.zeros_like(W, dtype=torch.bool)  # True = pruned, like the reference's mask1
-    choose_nm = mask is None and is_nm(n, m)
-    for i1 in range(0, columns, blocksize):
-        i2 = min(i1 + blocksize, columns)
-        W1 = W[:, i1:i2].clone()
-        Hinv1 = Hinv[i1:i2, i1:i2]
-        # Hinv1[q, q]^2 = [H_F^-1]_qq of the remaining columns F, so this is the OBS error of pruning w_q.
-        d1_sq = torch.diag(Hinv1).reshape(1, -1) ** 2
-
-        if mask is not None:
-            mask1 = ~mask[:, i1:i2].to(W.device)
-        elif not is_nm(n, m):
-            scores = W1**2 / d1_sq
-            mask1 = lowest_k_pruned(scores.flatten(), int(scores.numel() * sparsity)).reshape(scores.shape)
+    M = torch.ones_like(W, dtype=torch.bool) if mask is None else mask.to(W.device, torch.bool, copy=True)  # line 1
+    consts = (sparsity, B_s, n, m, mask is None)
+    for i in range(0, d_col, B):  # line 4
+        i_end = min(i + B, d_col)
+        E = W.new_zeros(d_row, i_end - i)  # line 2
+        block = (W[:, i:i_end], M[:, i:i_end], E, Hinv[i:i_end, i:i_end])
+        if USE_CUDA_GRAPHS:
+            _GRAPHS(_columns, block, consts)  # lines 5-10
         else:
-            mask1 = torch.zeros_like(W1, dtype=torch.bool)
-
-        Q1, Err1 = _sweep_block(W1, Hinv1, mask1, d1_sq, n, m, choose_nm)
-        W[:, i1:i2] = Q1
-        pruned[:, i1:i2] = mask1
-        # Lazy batch update: the later columns see this block's errors in one matmul.
-        W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
-
-    return W.to(dtype), ~pruned
+            _columns(*block, *consts)
+        W[:, i_end:] -= E.matmul(Hinv[i:i_end, i_end:])  # line 11
+    return W.masked_fill(~M, 0).to(dtype), M  # line 12 (masked_fill: pruned weights are +0.0)
