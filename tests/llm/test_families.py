@@ -8,6 +8,7 @@ model saves, reloads and gives the same logits.
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -52,6 +53,15 @@ FAMILIES = {  # name: (model class, config)
         shared_expert_intermediate_size=64)),
 }
 METHODS = ("magnitude", "wanda", "sparsegpt")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny matrices: one thread is several times faster than an intra-op pool on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def tiny(family: str, seed: int = 0) -> torch.nn.Module:
@@ -125,15 +135,27 @@ def _check_pruned(model: torch.nn.Module, report, before: dict[str, torch.Tensor
             assert torch.equal(params[name].detach(), value), name
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("pattern", ["50%", "2:4"])
-@pytest.mark.parametrize("method", METHODS)
-def test_exact_sparsity_and_valid_groups(family: str, method: str, pattern: str) -> None:
+DEFAULT_VARIANTS = {("sparsegpt", "2:4"), ("wanda", "50%")}  # the other four are marked slow
+VARIANTS = [pytest.param(method, pattern, marks=() if (method, pattern) in DEFAULT_VARIANTS else pytest.mark.slow)
+            for method in METHODS for pattern in ("50%", "2:4")]
+
+
+@functools.cache
+def _pruned(family: str, method: str, pattern: str):
+    """(model, report, dense parameters): one prune per variant, shared by the tests that read it."""
     model = tiny(family)
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
     n, m = (2, 4) if pattern == "2:4" else (0, 0)
     report = prune_model(model, method, 0.5, ids(), n=n, m=m, true_sequential=method == "sparsegpt",
                          progress=False)
+    return model, report, before
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(("method", "pattern"), VARIANTS)
+def test_exact_sparsity_and_valid_groups(family: str, method: str, pattern: str) -> None:
+    model, report, before = _pruned(family, method, pattern)
+    m = 4 if pattern == "2:4" else 0
     _check_pruned(model, report, before, nm=bool(m))
     if m:
         assert report.nm_valid is True
@@ -142,8 +164,7 @@ def test_exact_sparsity_and_valid_groups(family: str, method: str, pattern: str)
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_pruned_model_saves_and_reloads(family: str, tmp_path) -> None:
-    model = tiny(family)
-    report = prune_model(model, "sparsegpt", 0.5, ids(), n=2, m=4, progress=False)
+    model, report, _ = _pruned(family, "sparsegpt", "2:4")
     save_pruned(model, tmp_path, report.masks, report.to_dict())
     reloaded, masks = load_pruned(tmp_path)
     assert masks.keys() == report.masks.keys()
