@@ -228,3 +228,17 @@ def test_every_block_linear_is_found() -> None:
         assert len(blocks) == 2
         assert len(find_layers(blocks[0], f"{path}.0")) == count, family
         assert all(get_weight(m).dim() == 2 for m in find_layers(blocks[0], f"{path}.0").values())
+
+
+def test_moe_with_two_replicas_prunes_like_one_device() -> None:
+    """Data-parallel calibration (two CPU replicas of each block) through the unfolded experts."""
+    x = ids(nsamples=4)
+    one, two = tiny("mixtral"), tiny("mixtral")
+    a = prune_model(one, "wanda", 0.5, x, n=2, m=4, progress=False)
+    b = prune_model(two, "wanda", 0.5, x, n=2, m=4, devices=["cpu", "cpu"], progress=False)
+    assert a.masks.keys() == b.masks.keys() and "model.layers.1.mlp.experts.down_proj" in a.masks
+    agree = sum(int((a.masks[k] == b.masks[k]).sum()) for k in a.masks) / sum(v.numel() for v in a.masks.values())
+    assert agree > 0.999  # only float summation order differs
+    if agree == 1:  # same masks: wanda changes no kept weight, so the fused parameters are equal
+        for p, q in zip(one.parameters(), two.parameters(), strict=True):
+            assert torch.equal(p, q)
