@@ -6,7 +6,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lottery.llm.adapters import find_blocks, find_layers, get_family, get_weight, set_weight
+    from lottery.llm.adapters import find_blocks, find_layers, get_weight, set_weight
     from lottery.llm.calibration import (
         calibration_from_file,
         calibration_from_hub,
@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     )
     from lottery.llm.checkpoint import apply_masks, load_masks, load_pruned, save_pruned
     from lottery.llm.magnitude import magnitude_prune
+    from lottery.llm.methods import METHODS
     from lottery.llm.obs import obs_prune_columns, obs_prune_step
     from lottery.llm.perplexity import perplexity
     from lottery.llm.report import LayerReport, PruneReport
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 # Public name -> submodule. Loaded on first use, so that `lottery.config` can import the light-weight
 # `lottery.llm.schema` without paying for torch/transformers at every command-line start.
 _EXPORTS = {
-    "find_blocks": "adapters", "find_layers": "adapters", "get_family": "adapters", "get_weight": "adapters",
+    "find_blocks": "adapters", "find_layers": "adapters", "get_weight": "adapters", "METHODS": "methods",
     "set_weight": "adapters", "calibration_from_file": "calibration", "calibration_from_hub": "calibration",
     "load_text": "calibration", "sample_segments": "calibration", "apply_masks": "checkpoint",
     "load_masks": "checkpoint", "load_pruned": "checkpoint", "save_pruned": "checkpoint",
@@ -37,7 +38,7 @@ _EXPORTS = {
 
 __all__ = [
     "InputStats", "LayerReport", "PruneReport", "apply_masks", "calibration_from_file", "calibration_from_hub",
-    "find_blocks", "find_layers", "get_family", "get_weight", "load_masks", "load_pruned", "load_text",
+    "METHODS", "find_blocks", "find_layers", "get_weight", "load_masks", "load_pruned", "load_text",
     "magnitude_prune", "obs_prune_columns", "obs_prune_step", "perplexity", "prune_model", "relative_error",
     "sample_segments", "save_pruned", "set_weight", "sparsegpt_prune", "wanda_prune",
 ]

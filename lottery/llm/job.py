@@ -28,6 +28,7 @@ from lottery.errors import ConfigError, LotteryError
 from lottery.llm.adapters import find_blocks, find_layers, get_weight
 from lottery.llm.calibration import calibration_from_file, load_text, model_max_length, tokenize_text
 from lottery.llm.checkpoint import save_pruned
+from lottery.llm.experts import unfused_experts
 from lottery.llm.perplexity import perplexity
 from lottery.llm.schema import as_list, parse_pattern, resolve_model_path, validate_oneshot
 from lottery.llm.sequential import prune_model
@@ -78,7 +79,9 @@ def check_nm_widths(model: nn.Module, patterns: list[str], include: list[str], e
         if not m:
             continue
         for i, block in enumerate(blocks):
-            for name, module in find_layers(block, f"{path}.{i}", include or None, exclude or None).items():
+            with unfused_experts(block, f"{path}.{i}"):  # fused MoE experts checked as the linears pruned
+                layers = find_layers(block, f"{path}.{i}", include or None, exclude or None)
+            for name, module in layers.items():
                 d_in = get_weight(module).shape[1]
                 if d_in % m:
                     raise ConfigError(f"prune.pattern={pattern} needs every pruned layer's input width divisible by "

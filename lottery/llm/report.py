@@ -15,6 +15,7 @@ class LayerReport:
     numel: int
     rel_error: float | None  # ||WX - W'X|| / ||WX|| on the calibration inputs the layer saw
     nm_valid: bool | None  # None when the run was unstructured
+    fallback: str | None = None  # why the method's own rule was not used (e.g. an expert no token reached)
 
     @property
     def sparsity(self) -> float:

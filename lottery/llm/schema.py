@@ -17,8 +17,8 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from lottery.config import Config
 from lottery.errors import ConfigError
+from lottery.llm.methods import METHODS
 
-METHODS = ("magnitude", "wanda", "sparsegpt")  # the same as lottery.llm.sequential.METHODS
 MODEL_KINDS = ("hf", "charlm")
 EVAL_METRICS = ("perplexity", "embedding_cosine")
 DTYPES = ("float32", "bfloat16", "float16")

@@ -6,8 +6,9 @@ from tiny_hf import FAMILIES, tiny_model
 from transformers import T5Config, T5ForConditionalGeneration
 from transformers.pytorch_utils import Conv1D
 
+from lottery.errors import ConfigError
 from lottery.llm import InputStats, find_blocks, find_layers, get_weight, set_weight
-from lottery.llm.adapters import LLAMA, sequential_groups
+from lottery.llm.capture import capture, layer_groups
 
 EXPECTED = {  # family: (block path, prunable layers per block)
     "llama": ("model.layers", 7), "mistral": ("model.layers", 7), "qwen2": ("model.layers", 7),
@@ -35,11 +36,25 @@ def test_include_exclude_globs():
     assert sorted(n.rsplit(".", 1)[1] for n in attn) == ["k_proj", "q_proj", "v_proj"]
 
 
-def test_true_sequential_groups_order():
-    names = list(find_layers(tiny_model("llama").model.layers[0], "model.layers.0"))
-    groups = sequential_groups(LLAMA, names, "model.layers.0")
-    short = [[n.rsplit(".", 1)[1] for n in g] for g in groups]
-    assert short == [["q_proj", "k_proj", "v_proj"], ["o_proj"], ["gate_proj", "up_proj"], ["down_proj"]]
+TRUE_SEQUENTIAL = {  # the groups of the SparseGPT/Wanda reference code, per family
+    "llama": [["q_proj", "k_proj", "v_proj"], ["o_proj"], ["gate_proj", "up_proj"], ["down_proj"]],
+    "opt": [["k_proj", "v_proj", "q_proj"], ["out_proj"], ["fc1"], ["fc2"]],
+    "gpt2": [["attn.c_attn"], ["attn.c_proj"], ["mlp.c_fc"], ["mlp.c_proj"]],
+    "bert": [["self.query", "self.key", "self.value"], ["output.dense"], ["intermediate.dense"], ["output.dense"]],
+}
+
+
+@pytest.mark.parametrize("family", list(TRUE_SEQUENTIAL))
+def test_true_sequential_groups_derived_from_the_forward(family):
+    """Layers reading the same input tensor form a group, in call order: the reference codes' family tables."""
+    model = tiny_model(family)
+    path, blocks = find_blocks(model)
+    captured = capture(model, path, blocks, torch.randint(0, 100, (1, 8)), torch.device("cpu"))
+    layers = find_layers(blocks[0], f"{path}.0")
+    groups = layer_groups(blocks[0], layers, captured.inputs[0], captured.calls[0])
+    short = [[".".join(n.split(".")[-2:]) if family in ("gpt2", "bert") else n.rsplit(".", 1)[1] for n in g]
+             for g in groups]
+    assert short == TRUE_SEQUENTIAL[family]
 
 
 def test_conv1d_weight_is_seen_as_out_by_in():
@@ -54,10 +69,17 @@ def test_conv1d_weight_is_seen_as_out_by_in():
     assert conv.weight.shape == (4, 6) and conv.weight[0, 0] == 1.0 and conv.weight.abs().sum() == 1.0
 
 
-def test_unsupported_architecture_is_a_clear_error():
+def test_encoder_decoder_is_a_clear_error():
     t5 = T5ForConditionalGeneration(T5Config(vocab_size=32, d_model=8, d_kv=4, d_ff=16, num_layers=1, num_heads=2))
-    with pytest.raises(ValueError, match="unsupported architecture model_type='t5'"):
+    with pytest.raises(ConfigError, match=r"several block lists \(encoder.block, decoder.block\)"):
         find_blocks(t5)
+
+
+def test_model_without_blocks_names_what_was_searched():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    with pytest.raises(ConfigError, match="no decoder blocks found in Sequential.*_no_split_modules.*ModuleLists "
+                                          "present: none"):
+        find_blocks(model)
 
 
 def test_input_stats_running_average_equals_batch_formula():

@@ -31,7 +31,10 @@ def test_block1_sees_pruned_block0_outputs(family):
     blocks[1].register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
     prune_model(model, "sparsegpt", 0.5, ids, progress=False)
     pruned_outs = _block0_outputs(model, ids)  # block 0 is pruned now
-    first_pass = seen[: ids.shape[0]]  # block 1's statistics pass, before block 1 itself is pruned
+    # seen[0] is the capture's dense forward of row 0 (it records every block's arguments); then comes
+    # block 1's statistics pass, before block 1 itself is pruned
+    assert torch.allclose(seen[0], dense_outs[0], atol=1e-6)
+    first_pass = seen[1 : 1 + ids.shape[0]]
     for got, pruned, dense in zip(first_pass, pruned_outs, dense_outs, strict=True):
         torch.testing.assert_close(got, pruned, atol=1e-5, rtol=1e-5)
         assert not torch.allclose(got, dense, atol=1e-3)
