@@ -16,16 +16,17 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from lottery.config import Steps, parse_nm, validate_imp
 from lottery.data import DATASETS, VisionDataModule
 from lottery.errors import ConfigError, StoreError
 from lottery.imp.level import LevelSpec, early_stop, seed_everything, train_level
 from lottery.imp.masks import next_mask
 from lottery.imp.report import format_summary, summary_row
 from lottery.imp.rewind import level_schedule, level_start
+from lottery.imp.schema import Steps, validate_imp
 from lottery.models import create_model, output_layer_name, prunable_names
 from lottery.pruning import Mask, resolve_rates
 from lottery.pruning.analysis import layer_sparsity, mask_overlap, surviving_init_histogram
+from lottery.pruning.nm import parse_nm
 from lottery.tracking import RunStore, load_json, load_torch
 from lottery.tracking.wandb_tracker import NullTracker, make_tracker
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from helpers import TINY, make_config
 
-from lottery.config import validate
 from lottery.errors import ConfigError
 from lottery.imp.job import run
 from lottery.pruning import Mask
+from lottery.run import validate
 from lottery.tracking import RunStore, load_torch
 from lottery.tracking.objective import sweep_objective
 

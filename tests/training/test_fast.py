@@ -8,10 +8,10 @@ import pytest
 import torch
 from helpers import make_config
 
-from lottery.config import validate_imp
 from lottery.data import VisionDataModule
 from lottery.errors import ConfigError
 from lottery.imp.level import LevelSpec, seed_everything, train_level
+from lottery.imp.schema import validate_imp
 from lottery.models import create_model, prunable_names
 from lottery.pruning import Mask, magnitude_prune
 from lottery.tracking.atomic import save_torch
