@@ -14,16 +14,18 @@ from omegaconf import DictConfig
 from lottery.config import check_choice, check_positive
 from lottery.data import DATASETS
 from lottery.errors import ConfigError
+from lottery.imp.branches import BRANCHES
+from lottery.imp.masks import PATTERNS, UNIT_PATTERNS
+from lottery.imp.rewind import REWIND_MODES
 from lottery.models import MODELS
 from lottery.pruning.nm import parse_nm
+from lottery.pruning.structured import NORMS
 from lottery.schedule import parse_step
+from lottery.training.optim import OPTIMIZERS
 
+# The choices below are read from the registries that implement them: branch kinds (lottery.imp.branches),
+# rewind modes (lottery.imp.rewind), pruning patterns (lottery.imp.masks), optimizers (lottery.training.optim).
 PRUNING_STRATEGIES = ("layerwise", "global")
-REWIND_MODES = ("init", "iteration", "epoch", "lr", "finetune")
-STRUCTURED_PATTERNS = ("neurons", "filters", "channels")
-NORMS = ("l1", "l2")
-BRANCHES = ("random_reinit", "random_prune", "retrain")
-OPTIMIZERS = ("adam", "sgd")
 # How a level is trained: Lightning's Trainer; Lightning Fabric (same results, less per-step overhead); or
 # batched: every seed's level and control branch at once as vmapped replicates (lottery.imp.batched).
 ENGINES = ("trainer", "fabric", "batched")
@@ -140,12 +142,7 @@ def resolve_steps(cfg: DictConfig) -> Steps:
     iterations = parse_step(cfg.training.iterations, spe)
     if iterations < 1:
         raise ConfigError(f"training.iterations={cfg.training.iterations!r} must be at least one iteration")
-    if cfg.imp.rewind in ("init", "lr", "finetune"):
-        rewind = 0
-    elif cfg.imp.rewind == "epoch":
-        rewind = int(cfg.imp.rewind_to) * spe
-    else:
-        rewind = parse_step(cfg.imp.rewind_to, spe)
+    rewind = REWIND_MODES[cfg.imp.rewind].point(cfg.imp.rewind_to, spe)
     if rewind >= iterations:
         raise ConfigError(f"imp.rewind_to={cfg.imp.rewind_to!r} is iteration {rewind}, not before the end of "
                           f"training at iteration {iterations}; choose a rewind point below training.iterations")
@@ -161,10 +158,10 @@ def validate_imp(cfg: DictConfig) -> Steps:
     if cfg.model.name not in MODELS:
         raise ConfigError(f"model.name={cfg.model.name!r} is unknown; choose one of {', '.join(sorted(MODELS))}")
     check_choice("data.name", cfg.data.name, tuple(sorted(DATASETS)))
-    check_choice("training.optimizer", cfg.training.optimizer, OPTIMIZERS)
+    check_choice("training.optimizer", cfg.training.optimizer, tuple(OPTIMIZERS))
     check_choice("training.engine", cfg.training.get("engine", "trainer"), ENGINES)
     check_choice("pruning.strategy", cfg.pruning.strategy, PRUNING_STRATEGIES)
-    check_choice("imp.rewind", cfg.imp.rewind, REWIND_MODES)
+    check_choice("imp.rewind", cfg.imp.rewind, tuple(REWIND_MODES))
 
     if cfg.training.lr <= 0:
         raise ConfigError(f"training.lr={cfg.training.lr} must be > 0")
@@ -198,13 +195,13 @@ def validate_imp(cfg: DictConfig) -> Steps:
         raise ConfigError(f"imp.levels={cfg.imp.levels} must be >= 0")
 
     if parse_nm(cfg.pruning.pattern) is None:
-        check_choice("pruning.pattern", cfg.pruning.pattern, ("unstructured", *STRUCTURED_PATTERNS, "N:M (e.g. 2:4)"))
-    check_choice("pruning.norm", cfg.pruning.norm, NORMS)
-    if cfg.pruning.pattern in STRUCTURED_PATTERNS and cfg.pruning.strategy != "layerwise":
+        check_choice("pruning.pattern", cfg.pruning.pattern, (*PATTERNS, "N:M (e.g. 2:4)"))
+    check_choice("pruning.norm", cfg.pruning.norm, tuple(NORMS))
+    if cfg.pruning.pattern in UNIT_PATTERNS and cfg.pruning.strategy != "layerwise":
         raise ConfigError(f"pruning.pattern={cfg.pruning.pattern} removes whole units per layer; "
                           "use pruning.strategy=layerwise (pruning=layerwise)")
     if cfg.get("branch") is not None:
-        check_choice("branch.name", cfg.branch.name, BRANCHES)
+        check_choice("branch.name", cfg.branch.name, tuple(BRANCHES))
         if cfg.branch.seed is not None and cfg.branch.seed == cfg.seed:
             raise ConfigError(f"branch.seed={cfg.branch.seed} equals seed; a control branch needs other randomness "
                               "than the ticket (leave branch.seed unset for seed + 1000)")

@@ -16,7 +16,7 @@ from helpers import CONF_DIR, REPO, make_config
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from lottery.imp.job import level_metrics
+from lottery.imp.experiment import level_metrics
 from lottery.pruning import Mask
 from lottery.run import validate
 
