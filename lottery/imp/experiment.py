@@ -164,14 +164,10 @@ class Experiment:
         rewind = None
         if plan.rewind_at is not None:
             rewind = (plan.rewind_at, self.save_rewind)
-        seed = self.datamodule.seed
-        self.datamodule.seed = plan.data_seed if plan.data_seed is not None else self.cfg.seed
         began = time.perf_counter()
-        try:
-            module = train_level(self.model, mask, self.datamodule, spec, plan.folder / "last.ckpt",
-                                 logger=logger, rewind=rewind, description=label)
-        finally:
-            self.datamodule.seed = seed
+        module = train_level(self.model, mask, self.datamodule, spec, plan.folder / "last.ckpt", logger=logger,
+                             rewind=rewind, description=label,
+                             data_seed=plan.data_seed if plan.data_seed is not None else self.cfg.seed)
         final = {k: v.detach().cpu().clone() for k, v in module.model.state_dict().items()}
         metrics = self.finish(plan, mask, spec, module.history, final, time.perf_counter() - began, logger)
         if self.store.writer:

@@ -61,12 +61,13 @@ def evaluate(model: nn.Module, loaders: list[Any]) -> list[torch.Tensor]:
 
 def train_level_fabric(model: nn.Module, mask: Mask, datamodule: VisionDataModule, spec: LevelSpec,
                        checkpoint: Path, logger: Any = False, rewind: tuple[int, Callable] | None = None,
-                       description: str = "train") -> FabricLevel:
+                       description: str = "train", data_seed: int | None = None) -> FabricLevel:
     """Train `model` (holding the level's start weights) from `spec.start_step` to `spec.iterations` under Fabric.
 
     Same contract as `lottery.imp.level.train_level`: `rewind=(k, save)` calls `save(state_dict)` right after
     absolute iteration k; a checkpoint at `checkpoint` (written atomically every `spec.checkpoint_every` steps,
-    after that step's evaluation) is resumed from.
+    after that step's evaluation) is resumed from. `data_seed` orders the training data (None: the
+    datamodule's seed).
     """
     if spec.devices * spec.num_nodes != 1 or spec.strategy not in ("auto", "single_device"):
         raise ValueError("training.engine=fabric trains on one device; use training.engine=trainer for DDP "
@@ -108,9 +109,9 @@ def train_level_fabric(model: nn.Module, mask: Mask, datamodule: VisionDataModul
     set_lr(done)
     acc = torch.zeros((), device=device) if train_loss is None else train_loss[0].to(device)
     counted = 0 if train_loss is None else int(train_loss[1])
-    datamodule.start_step, datamodule.iterations = spec.start_step + done, spec.iterations
-    datamodule.trainer = None  # the stream starts at start_step + done, not at a stale Trainer's global step
-    stream, evals = datamodule.train_dataloader(), datamodule.val_dataloader()
+    # A module of its own, without a Trainer: the stream starts at start_step + done.
+    data = datamodule.for_level(spec.start_step + done, spec.iterations, data_seed)
+    stream, evals = data.train_dataloader(), data.val_dataloader()
 
     def record(step: int) -> None:
         nonlocal acc, counted
