@@ -10,18 +10,63 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import hydra
 from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
-from lottery.config import register_configs, validate
-from lottery.errors import LotteryError
+from lottery.config import register_root_configs, validate_root
+from lottery.errors import ConfigError, LotteryError
+from lottery.imp.job import run as run_imp
+from lottery.imp.schema import register_imp_configs, validate_imp
+from lottery.llm.job import run as run_oneshot
+from lottery.llm.schema import register_oneshot_configs, validate_oneshot
+from lottery.tracking.objective import sweep_objective
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 EXIT_BAD_INPUT = 2
 log = logging.getLogger("lottery")
+
+
+class Job(NamedTuple):
+    """A job: how its config is checked (before any run folder exists) and how it runs."""
+
+    validate: Callable[[DictConfig], Any]
+    run: Callable[[DictConfig], Any]
+
+
+# The config key `job` picks a row. A new job adds its row here and its groups' schema to register_configs.
+JOBS: dict[str, Job] = {
+    "imp": Job(validate_imp, run_imp),
+    "oneshot": Job(validate_oneshot, run_oneshot),
+}
+
+
+def register_configs() -> None:
+    """Register every job's schema so the conf/ files can inherit it through their defaults lists."""
+    cs = ConfigStore.instance()
+    register_root_configs(cs)
+    register_imp_configs(cs)
+    register_oneshot_configs(cs)
+
+
+def job_of(cfg: DictConfig) -> Job:
+    """The row of JOBS that `cfg.job` names; ConfigError naming the key otherwise."""
+    if cfg.get("job") not in JOBS:
+        raise ConfigError(f"job={cfg.get('job')!r} is not allowed; choose one of {', '.join(JOBS)}")
+    return JOBS[cfg.job]
+
+
+def validate(cfg: DictConfig) -> Any:
+    """Check the config of any job; raise ConfigError naming the key. Returns what the job's check returns."""
+    job = job_of(cfg)
+    validate_root(cfg)
+    return job.validate(cfg)
+
 
 register_configs()
 
@@ -32,23 +77,13 @@ def _one_line(err: BaseException) -> str:
 
 
 def _dispatch(cfg: DictConfig) -> object:
-    if cfg.job == "imp":
-        from lottery.imp.job import run
-
-        return run(cfg)
-    if cfg.job == "oneshot":
-        from lottery.llm.job import run as run_oneshot
-
-        return run_oneshot(cfg)
-    raise LotteryError(f"job={cfg.job!r} is unknown")
+    return job_of(cfg).run(cfg)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
     try:
-        from lottery.tracking.objective import sweep_objective  # what a Hydra sweeper (Optuna) optimises
-
-        return sweep_objective(cfg, _dispatch(cfg))
+        return sweep_objective(cfg, _dispatch(cfg))  # what a Hydra sweeper (Optuna) optimises
     except LotteryError as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from lottery.config import register_configs
+from lottery.run import register_configs
 
 REPO = Path(__file__).resolve().parent.parent
 CONF_DIR = str(REPO / "conf")
@@ -26,3 +29,24 @@ def make_config(overrides: list[str]) -> DictConfig:
 # Small, fast settings for end-to-end runs on the real MNIST files.
 TINY = ["+exp=imp_lenet", "data.train_subset=1200", "data.eval_subset=500", "training.iterations=60",
         "training.eval_every=20", "training.checkpoint_every=20", "progress_bar=false"]
+
+
+@contextmanager
+def killed_at(module: ModuleType, step: int) -> Iterator[None]:
+    """Inside the block, the training loop of `module` (lottery.training.fast or lottery.training.replicates)
+    dies with RuntimeError("simulated failure ...") when its level reaches `step` steps (counted from the
+    level's start), after the checkpoints of earlier steps: a kill that the next call must recover from.
+
+    It wraps the loop's per-step learning-rate lookup, so the library carries no test hook."""
+    real = module.lr_factor
+
+    def lr_factor(done: int, *args, **kwargs) -> float:
+        if done >= step:
+            raise RuntimeError(f"simulated failure at step {done}")
+        return real(done, *args, **kwargs)
+
+    module.lr_factor = lr_factor
+    try:
+        yield
+    finally:
+        module.lr_factor = real

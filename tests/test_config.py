@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from helpers import CONF_DIR, make_config
 
-from lottery.config import validate
 from lottery.errors import ConfigError
+from lottery.run import validate
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "exp").glob("*.yaml"))
 

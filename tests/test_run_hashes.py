@@ -57,7 +57,7 @@ def current_hashes() -> dict[str, str]:
 
 def test_no_run_hash_changes(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("LOTTERY_DATA", "LOTTERY_RUNS", "LOTTERY_TEXT"):
-        monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv(var, "")  # restored after the test: _fixed_env's values must not reach later tests
     pinned = json.loads(FIXTURE.read_text())
     now = current_hashes()
     missing = sorted(set(pinned) - set(now))

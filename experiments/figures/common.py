@@ -17,7 +17,7 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from lottery.config import register_configs, validate
+from lottery.run import register_configs, validate
 from lottery.tracking import RunStore, load_json
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")

@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from lottery.config import register_configs  # noqa: E402
 from lottery.imp.job import run, seed_configs  # noqa: E402
+from lottery.run import register_configs  # noqa: E402
 from lottery.tracking import RunStore, load_json  # noqa: E402
 
 TARGET_LEVEL_S, TARGET_TOTAL_MIN = 90.0, 30.0

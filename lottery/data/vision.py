@@ -179,6 +179,16 @@ class VisionDataModule(L.LightningDataModule):
         self.tensors = {k: (x.to(self.device), y.to(self.device)) for k, (x, y) in self.tensors.items()}
         return self
 
+    def for_level(self, start_step: int, iterations: int, seed: int | None = None) -> VisionDataModule:
+        """A module over the same loaded data whose training stream runs from `start_step` to `iterations` in
+        the order of `seed` (None: this module's seed). This module is left as it is."""
+        level = VisionDataModule(self.name, self.root, self.download, self.val_size, self.split_seed,
+                                 self.train_subset, self.eval_subset, self.batch_size,
+                                 seed=self.seed if seed is None else seed, iterations=iterations,
+                                 start_step=start_step, eval_batch_size=self.eval_batch_size, augment=self.augment)
+        level.tensors, level.device = self.tensors, self.device
+        return level
+
     def _global_step(self) -> int:
         trainer = getattr(self, "trainer", None)
         return trainer.global_step if trainer is not None else 0

@@ -25,22 +25,11 @@ from omegaconf import DictConfig
 
 from lottery.data.vision import CROP_PADDING
 from lottery.errors import ConfigError
-from lottery.imp.branches import branch_levels, branch_plan
-from lottery.imp.job import (
-    Experiment,
-    LevelPlan,
-    close_experiment,
-    finished_mask,
-    level_rounds,
-    open_experiment,
-    plan_level,
-    prepare,
-    save_rewind,
-)
-from lottery.imp.report import summary_row
+from lottery.imp.experiment import Experiment, LevelPlan, close_experiment, open_experiment, prepare
+from lottery.imp.plan import LevelWork, level_rounds, level_work
 from lottery.models import create_model, prunable_names
 from lottery.pruning import Mask
-from lottery.tracking import RunStore, load_json, load_torch
+from lottery.tracking import RunStore
 from lottery.training.replicates import checkpoint_step, train_replicates
 from lottery.training.spec import LevelSpec
 
@@ -109,10 +98,15 @@ def run_batched(configs: Sequence[DictConfig]) -> list[dict[str, Any]]:
             store = stack.enter_context(RunStore(cfg.store.root, cfg, prefix="imp"))
             exp = open_experiment(cfg, steps, datamodule, model, store)
             runs.append(SeedRun(exp, rates, output_name, Mask.ones(model, prunable_names(model))))
-        for level in level_rounds(first):
-            members = [m for run in runs for m in _level_members(run, level)]
+        for level in level_rounds(runs[0].exp):
+            works = [(run, _level_work(run, level)) for run in runs]
+            members = [_member(run, plan) for run, work in works for plan in work.plans]
             if members:
                 _train_members(members, device)
+            for run, work in works:
+                ticket_rows, branch_rows = work.rows(run.exp)
+                run.level_rows += ticket_rows
+                run.branch_rows += branch_rows
         rows = []
         for run in runs:
             run_rows = run.level_rows + run.branch_rows
@@ -121,35 +115,16 @@ def run_batched(configs: Sequence[DictConfig]) -> list[dict[str, Any]]:
     return rows
 
 
-def _level_members(run: SeedRun, level: int) -> list[Member]:
-    """The level's ticket and control branch of one seed that still need training; finished ones add rows."""
-    exp, cfg = run.exp, run.exp.cfg
-    plans = []
-    if (done := finished_mask(exp, level)) is not None:
-        metrics = load_json(exp.store.level(level) / "metrics.json")
-        log.info("seed %d level %d already done (%.2f%% remaining); skipping", cfg.seed, level,
-                 metrics["percent_remaining"])
-        run.mask = done
-        run.level_rows.append(summary_row(metrics))
-    else:
-        plan = plan_level(exp, level, run.mask, run.rates, run.output_name)
-        run.mask = plan.mask
-        plans.append(plan)
-    if cfg.get("branch") is not None and level in branch_levels(cfg):
-        if done is not None:  # the ticket's start weights are needed only here, and only read when they are
-            ticket = (done, load_torch(exp.store.level(level) / "start.pt"), metrics["start_step"])
-        else:
-            ticket = (plan.mask, plan.start, plan.start_step)
-        plan = branch_plan(exp, level, *ticket)
-        if (metrics := exp.metrics(plan.folder)) is not None:
-            run.branch_rows.append(summary_row(metrics, branch=plan.tag))
-        else:
-            plans.append(plan)
-    members = []
-    for plan in plans:
-        mask, start, spec = exp.begin(plan)
-        members.append(Member(run, plan, mask, start, spec))
-    return members
+def _level_work(run: SeedRun, level: int) -> LevelWork:
+    """One seed's work at `level` (`lottery.imp.plan.level_work`); its mask becomes the seed's current mask."""
+    work = level_work(run.exp, level, run.mask, run.rates, run.output_name)
+    run.mask = work.mask
+    return work
+
+
+def _member(run: SeedRun, plan: LevelPlan) -> Member:
+    mask, start, spec = run.exp.begin(plan)
+    return Member(run, plan, mask, start, spec)
 
 
 def _train_members(members: list[Member], device: torch.device) -> None:
@@ -173,7 +148,7 @@ def _train_group(group: list[Member], device: torch.device) -> None:
              spec.start_step, spec.iterations)
     rewind = None
     if plan0.rewind_at is not None:
-        rewind = (plan0.rewind_at, lambda r, state: save_rewind(group[r].run.exp, state))
+        rewind = (plan0.rewind_at, lambda r, state: group[r].run.exp.save_rewind(state))
     data_seeds = [m.plan.data_seed if m.plan.data_seed is not None else m.run.exp.cfg.seed for m in group]
 
     def model_fn() -> torch.nn.Module:
@@ -197,13 +172,9 @@ def _train_group(group: list[Member], device: torch.device) -> None:
         run, plan = member.run, member.plan
         logger = run.exp.tracker.level_logger(plan.level, plan.tag)
         log_history(logger, result.history, plan.start_step)
-        metrics = run.exp.finish(plan, member.mask, member.spec, result.history, result.state, seconds, logger,
+        run.exp.finish(plan, member.mask, member.spec, result.history, result.state, seconds, logger,
                                  extra={"engine": "batched", "replicates": len(group)})
         member.checkpoint.unlink(missing_ok=True)
-        if plan.tag:
-            run.branch_rows.append(summary_row(metrics, branch=plan.tag))
-        else:
-            run.level_rows.append(summary_row(metrics))
 
 
 def log_history(logger: Any, history: list[dict[str, float]], start_step: int) -> None:

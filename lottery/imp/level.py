@@ -34,22 +34,22 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*
 
 
 def train_level(model: nn.Module, mask: Mask, datamodule: VisionDataModule, spec: LevelSpec, checkpoint: Path,
-                logger: Any = False, rewind: tuple[int, Any] | None = None,
-                description: str = "train") -> MaskedClassifier | FabricLevel:
+                logger: Any = False, rewind: tuple[int, Any] | None = None, description: str = "train",
+                data_seed: int | None = None) -> MaskedClassifier | FabricLevel:
     """Train `model` (already holding the level's start weights) from `spec.start_step` to `spec.iterations`.
 
     `rewind=(k, save)` calls `save(state_dict)` right after iteration k. Evaluation runs every
     `spec.eval_every` iterations and once more at the end if the last one fell short of it. Either engine
-    returns an object with `.model` and `.history`.
+    returns an object with `.model` and `.history`. `data_seed` orders the training data (None: the
+    datamodule's seed).
     """
     if spec.engine == "fabric":
         return train_level_fabric(model, mask, datamodule, spec, checkpoint, logger=logger, rewind=rewind,
-                                  description=description)
+                                  description=description, data_seed=data_seed)
     if spec.engine != "trainer":
         raise ValueError(f"training.engine={spec.engine!r} is unknown; choose trainer or fabric")
     module = MaskedClassifier(model, mask, spec.optimizer, spec.lr, spec.momentum, spec.weight_decay,
                               list(spec.milestones), spec.gamma, spec.start_step)
-    datamodule.start_step, datamodule.iterations = spec.start_step, spec.iterations
     steps = spec.iterations - spec.start_step
     callbacks: list[L.Callback] = []
     if rewind is not None:
@@ -67,12 +67,13 @@ def train_level(model: nn.Module, mask: Mask, datamodule: VisionDataModule, spec
     )
     if trainer.strategy.root_device.type != "cpu":
         datamodule.to(trainer.strategy.root_device)  # small datasets live on the accelerator
+    data = datamodule.for_level(spec.start_step, spec.iterations, data_seed)
     resume = resume_checkpoint(checkpoint)
     if resume:
         log.info("Resuming from %s", resume)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+    trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
     if not module.history or module.history[-1]["iteration"] != spec.iterations:
-        trainer.validate(module, datamodule=datamodule, verbose=False)
+        trainer.validate(module, datamodule=data, verbose=False)
     for hpc in checkpoint.parent.glob("hpc_ckpt_*.ckpt"):
         if trainer.is_global_zero:
             hpc.unlink(missing_ok=True)

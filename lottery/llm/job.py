@@ -75,7 +75,7 @@ def check_nm_widths(model: nn.Module, patterns: list[str], include: list[str], e
     """ConfigError if a pruned layer's input width is not divisible by an N:M pattern's M."""
     path, blocks = find_blocks(model)
     for pattern in patterns:
-        _, m = parse_pattern(str(pattern))
+        _, m = parse_pattern(str(pattern)) or (0, 0)
         if not m:
             continue
         for i, block in enumerate(blocks):
@@ -246,7 +246,7 @@ def prune_variant(cfg: DictConfig, subject: Subject, method: str, pattern: str, 
         log.info("%s %s already done; skipping", method, pattern)
         return load_json(folder / "result.json")
     p = cfg.prune
-    n, m = parse_pattern(str(pattern))
+    n, m = parse_pattern(str(pattern)) or (0, 0)  # prune_model's n = m = 0: unstructured
     model = subject.load()
     began = time.perf_counter()
     report = prune_model(model, method, p.sparsity, subject.calib_ids, n=n, m=m, blocksize=p.blocksize,

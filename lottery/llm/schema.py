@@ -1,8 +1,7 @@
 """Config schema of the one-shot pruning job (`job: oneshot`) and its cheap validation.
 
-Imports nothing heavy (no torch, no transformers): `lottery.run` validates every command line with it
-before Hydra starts. The checks that need the model (layer widths vs N:M) run in the job, before any run
-folder exists.
+Imports no model code (no transformers): `lottery.run` validates every command line with it before Hydra
+starts. The checks that need the model (layer widths vs N:M) run in the job, before any run folder exists.
 """
 
 from __future__ import annotations
@@ -13,11 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-from lottery.config import Config
+from lottery.config import LoggerConfig, RootConfig, StoreConfig
 from lottery.errors import ConfigError
 from lottery.llm.methods import METHODS
+from lottery.pruning.nm import parse_nm
 
 MODEL_KINDS = ("hf", "charlm")
 EVAL_METRICS = ("perplexity", "embedding_cosine")
@@ -107,35 +108,36 @@ class EvalConfig:
 
 
 @dataclass
-class OneshotRootConfig(Config):
+class OneshotRootConfig(RootConfig):
     """The root of a one-shot run: the shared root plus the groups of this job.
 
-    The exp file merges it in after the root's groups are composed; the inherited fields are redeclared
-    MISSING so that this merge changes the root's type without resetting the values already composed.
+    The exp file merges it in after the root's groups are composed; the shared fields are redeclared MISSING
+    so that this merge types the root without resetting the values already composed. The IMP groups stay
+    null keys: one-shot run hashes were taken over a config that had them, and must not move.
     """
 
     job: str = MISSING
     name: str = MISSING
     seed: int = MISSING
+    seeds: list[int] | None = MISSING
     progress_bar: bool = MISSING
+    logger: LoggerConfig = MISSING
+    store: StoreConfig = MISSING
     model: Any = MISSING
-    data: Any = MISSING
-    training: Any = MISSING
-    pruning: Any = MISSING
-    imp: Any = MISSING
-    trainer: Any = MISSING
-    logger: Any = MISSING
-    store: Any = MISSING
-    branch: Any = MISSING
     prune: Any = None
     calibration: Any = None
     eval: Any = None
+    # Null keys of the IMP groups, part of every one-shot run hash (see above).
+    data: Any = None
+    training: Any = None
+    pruning: Any = None
+    imp: Any = None
+    trainer: Any = None
+    branch: Any = None
 
 
-def register_oneshot_configs() -> None:
-    from hydra.core.config_store import ConfigStore
-
-    cs = ConfigStore.instance()
+def register_oneshot_configs(cs: ConfigStore) -> None:
+    """Register the one-shot root and group schemas, which conf/exp/oneshot_*.yaml and the groups inherit."""
     cs.store(name="oneshot_root_schema", node=OneshotRootConfig)
     for group, name, node in [("model", "hf_model_schema", HFModelConfig), ("model", "charlm_schema", CharLMConfig),
                               ("prune", "prune_schema", PruneConfig),
@@ -144,17 +146,13 @@ def register_oneshot_configs() -> None:
         cs.store(group=group, name=name, node=node)
 
 
-def parse_pattern(pattern: str, key: str = "prune.pattern") -> tuple[int, int]:
-    """(n, m) of an N:M pattern, (0, 0) for "unstructured"; ConfigError naming `key` otherwise."""
+def parse_pattern(pattern: str, key: str = "prune.pattern") -> tuple[int, int] | None:
+    """(n, m) of an N:M pattern, None for "unstructured"; ConfigError naming `key` otherwise."""
     if pattern == "unstructured":
-        return 0, 0
-    parts = str(pattern).split(":")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        return None
+    if (nm := parse_nm(pattern, key)) is None:
         raise ConfigError(f"{key}={pattern!r} is malformed; use unstructured or N:M with integers, e.g. 2:4")
-    n, m = int(parts[0]), int(parts[1])
-    if not 1 <= n <= m:
-        raise ConfigError(f"{key}={pattern!r}: N:M needs 1 <= N <= M (e.g. 2:4, 4:8)")
-    return n, m
+    return nm
 
 
 def as_list(value: Any) -> list[Any]:
@@ -225,7 +223,7 @@ def validate_oneshot(cfg: DictConfig) -> None:
     if not 0.0 <= float(p.sparsity) < 1.0:
         raise ConfigError(f"prune.sparsity={p.sparsity} is out of range; it must be in [0, 1)")
     for pattern in as_list(p.pattern):
-        n, m = parse_pattern(str(pattern))
+        _, m = parse_pattern(str(pattern)) or (0, 0)
         if m and p.blocksize % m:
             raise ConfigError(f"prune.blocksize={p.blocksize} must be a multiple of M={m} (prune.pattern={pattern})")
     if p.blocksize <= 0:

@@ -9,7 +9,25 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["check_nm", "nm_mask", "validate_nm"]
+from lottery.errors import ConfigError
+
+__all__ = ["check_nm", "nm_mask", "parse_nm", "validate_nm"]
+
+
+def parse_nm(pattern: str, key: str = "pruning.pattern") -> tuple[int, int] | None:
+    """(n, m) of an "N:M" pattern string such as "2:4"; None for a pattern without a colon ("unstructured",
+    "neurons", ...), which the caller checks against its own choices. ConfigError naming `key` when the
+    pattern is not two integers with 1 <= N <= M."""
+    text = str(pattern)
+    if ":" not in text:
+        return None
+    parts = text.split(":")
+    if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):
+        raise ConfigError(f"{key}={text!r} is malformed; write N:M patterns as two integers, e.g. 2:4")
+    n, m = int(parts[0]), int(parts[1])
+    if not 1 <= n <= m:
+        raise ConfigError(f"{key}={text!r}: N:M needs 1 <= N <= M (e.g. 2:4, 4:8)")
+    return n, m
 
 
 def validate_nm(n: int, m: int, last_dim: int | None = None) -> None:

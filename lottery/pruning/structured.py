@@ -17,7 +17,8 @@ from lottery.pruning.nm import nm_mask
 
 __all__ = ["PATTERNS", "NORMS", "structured_prune", "nm_prune", "unit_dim"]
 
-PATTERNS = ("neurons", "filters", "channels")
+# Each unit pattern and the weight dimension whose slices are its units (0: rows/filters, 1: input columns).
+PATTERNS: dict[str, int] = {"neurons": 0, "filters": 0, "channels": 1}
 NORMS = ("l1", "l2")
 
 
@@ -31,7 +32,7 @@ def unit_dim(name: str, shape: torch.Size, pattern: str) -> int:
         raise ValueError(f"pruning pattern must be one of {', '.join(PATTERNS)}, got {pattern!r}")
     if len(shape) < 2:
         raise ValueError(f"{name}: pattern {pattern!r} needs a Linear or conv weight, got shape {tuple(shape)}")
-    return 1 if pattern == "channels" else 0
+    return PATTERNS[pattern]
 
 
 def _unit_scores(weight: Tensor, mask: Tensor, dim: int, norm: str) -> tuple[Tensor, Tensor]:

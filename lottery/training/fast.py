@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from lottery.data import VisionDataModule
 from lottery.pruning import Mask
 from lottery.tracking.atomic import save_torch
+from lottery.training.optim import lr_factor, make_optimizer
 from lottery.training.spec import LevelSpec
 
 CHECKPOINT_FORMAT = "lottery-fabric-v1"
@@ -36,21 +37,6 @@ class FabricLevel:
     model: nn.Module
     mask: Mask
     history: list[dict[str, float]] = field(default_factory=list)
-
-
-def lr_factor(step: int, start_step: int, milestones: tuple[int, ...] | list[int], gamma: float) -> float:
-    """The LambdaLR factor of `MaskedClassifier.configure_optimizers`: gamma ** (milestones passed at absolute
-    iteration start_step + step)."""
-    return gamma ** sum(start_step + step >= m for m in milestones)
-
-
-def make_optimizer(params: Any, name: str, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
-    """The optimizer `MaskedClassifier` builds (same defaults, so the same update math)."""
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    raise ValueError(f"training.optimizer={name!r} is unknown; choose adam or sgd")
 
 
 @torch.no_grad()
@@ -75,13 +61,13 @@ def evaluate(model: nn.Module, loaders: list[Any]) -> list[torch.Tensor]:
 
 def train_level_fabric(model: nn.Module, mask: Mask, datamodule: VisionDataModule, spec: LevelSpec,
                        checkpoint: Path, logger: Any = False, rewind: tuple[int, Callable] | None = None,
-                       description: str = "train", fail_after: int | None = None) -> FabricLevel:
+                       description: str = "train", data_seed: int | None = None) -> FabricLevel:
     """Train `model` (holding the level's start weights) from `spec.start_step` to `spec.iterations` under Fabric.
 
     Same contract as `lottery.imp.level.train_level`: `rewind=(k, save)` calls `save(state_dict)` right after
     absolute iteration k; a checkpoint at `checkpoint` (written atomically every `spec.checkpoint_every` steps,
-    after that step's evaluation) is resumed from. `fail_after` raises after that many steps (tests only:
-    a kill that the next call must recover from).
+    after that step's evaluation) is resumed from. `data_seed` orders the training data (None: the
+    datamodule's seed).
     """
     if spec.devices * spec.num_nodes != 1 or spec.strategy not in ("auto", "single_device"):
         raise ValueError("training.engine=fabric trains on one device; use training.engine=trainer for DDP "
@@ -123,9 +109,9 @@ def train_level_fabric(model: nn.Module, mask: Mask, datamodule: VisionDataModul
     set_lr(done)
     acc = torch.zeros((), device=device) if train_loss is None else train_loss[0].to(device)
     counted = 0 if train_loss is None else int(train_loss[1])
-    datamodule.start_step, datamodule.iterations = spec.start_step + done, spec.iterations
-    datamodule.trainer = None  # the stream starts at start_step + done, not at a stale Trainer's global step
-    stream, evals = datamodule.train_dataloader(), datamodule.val_dataloader()
+    # A module of its own, without a Trainer: the stream starts at start_step + done.
+    data = datamodule.for_level(spec.start_step + done, spec.iterations, data_seed)
+    stream, evals = data.train_dataloader(), data.val_dataloader()
 
     def record(step: int) -> None:
         nonlocal acc, counted
@@ -175,9 +161,6 @@ def train_level_fabric(model: nn.Module, mask: Mask, datamodule: VisionDataModul
         if pending >= 20 or step % val_every == 0:
             bar.update(pending)
             pending = 0
-        if fail_after is not None and step - done >= fail_after:
-            bar.close()
-            raise RuntimeError(f"fail_after={fail_after}: simulated failure at step {step}")
     bar.update(pending)
     bar.close()
     if not history or history[-1]["iteration"] != spec.iterations:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lottery.pruning import Mask
+from lottery.training.optim import lr_factor, make_optimizer
 
 
 class MaskedClassifier(L.LightningModule):
@@ -65,17 +66,11 @@ class MaskedClassifier(L.LightningModule):
             param.mul_(m)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        params = self.model.parameters()
-        if self.optimizer_name == "adam":
-            opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
-        elif self.optimizer_name == "sgd":
-            opt = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
-        else:
-            raise ValueError(f"training.optimizer={self.optimizer_name!r} is unknown; choose adam or sgd")
+        opt = make_optimizer(self.model.parameters(), self.optimizer_name, self.lr, self.momentum, self.weight_decay)
         start, milestones, gamma = self.start_step, self.milestones, self.gamma
 
         def factor(step: int) -> float:
-            return gamma ** sum(start + step >= m for m in milestones)
+            return lr_factor(step, start, milestones, gamma)
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -39,6 +39,7 @@ from lottery.data.augment import apply_crop_flip, crop_flip_params
 from lottery.data.stream import augment_generator, epoch_permutation
 from lottery.pruning import Mask
 from lottery.tracking.atomic import load_torch, save_torch
+from lottery.training.optim import lr_factor, make_optimizer
 
 CHECKPOINT_FORMAT = "lottery-replicate-v1"
 WARMUP_STEPS = 3  # eager steps before a CUDA graph is captured (lazy cuBLAS / optimizer-state initialisation)
@@ -50,22 +51,6 @@ class ReplicateRun:
 
     history: list[dict[str, float]] = field(default_factory=list)
     state: dict[str, Tensor] = field(default_factory=dict)
-
-
-def lr_factor(step: int, start_step: int, milestones: Sequence[int], gamma: float) -> float:
-    """gamma ** (milestones passed at absolute iteration start_step + step), as `MaskedClassifier` schedules."""
-    return gamma ** sum(start_step + step >= m for m in milestones)
-
-
-def make_optimizer(params: list[Tensor], name: str, lr: float, momentum: float, weight_decay: float,
-                   capturable: bool = False) -> torch.optim.Optimizer:
-    """`MaskedClassifier`'s optimizer on the stacked tensors (capturable Adam keeps its step count on the device,
-    so a CUDA graph can replay the bias correction)."""
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True, capturable=capturable)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=True)
-    raise ValueError(f"training.optimizer={name!r} is unknown; choose adam or sgd")
 
 
 def checkpoint_step(path: Path) -> int | None:
@@ -92,7 +77,7 @@ def train_replicates(model_fn: Callable[[], nn.Module], inits: Sequence[Mapping[
                      checkpoints: Sequence[Path] | None = None, checkpoint_every: int = 1000,
                      rewind: tuple[int, Callable[[int, dict[str, Tensor]], None]] | None = None,
                      crop_padding: int = 0, crop_fill: Tensor | None = None,
-                     progress: str | None = None, fail_after: int | None = None) -> list[ReplicateRun]:
+                     progress: str | None = None) -> list[ReplicateRun]:
     """Train K = len(seeds) replicates from absolute iteration `start_step` to `iterations`.
 
     Replicate r starts from `inits[r]` ⊙ `masks[r]` (None: dense) and sees the batches of a `BatchStream` over
@@ -102,8 +87,7 @@ def train_replicates(model_fn: Callable[[], nn.Module], inits: Sequence[Mapping[
     `checkpoints[r]` is replicate r's resume file, written atomically every `checkpoint_every` steps and
     resumed from when all of them hold the same step. `rewind=(k, save)` calls `save(r, state)` for every
     replicate right after absolute iteration k. `crop_padding` > 0 augments training batches as `crop_flip` does
-    (padding value `crop_fill` per channel). `progress` names a progress bar (None: no bar). `fail_after`
-    raises after that many steps (tests only: a kill the next call must recover from).
+    (padding value `crop_fill` per channel). `progress` names a progress bar (None: no bar).
     """
     k = len(seeds)
     if not (len(inits) == len(masks) == k) or k == 0:
@@ -132,7 +116,7 @@ def train_replicates(model_fn: Callable[[], nn.Module], inits: Sequence[Mapping[
     weights = [params[n] for n in masked]
     plist = [params[n].requires_grad_() for n in names]
     masked_at = [names.index(n) for n in masked]
-    opt = make_optimizer(plist, optimizer, lr, momentum, weight_decay, capturable=graphed)
+    opt = make_optimizer(plist, optimizer, lr, momentum, weight_decay, foreach=True, capturable=graphed)
 
     runs = [ReplicateRun() for _ in range(k)]
     done, acc, counted = 0, torch.zeros(k, device=device, dtype=dtype), 0
@@ -292,9 +276,6 @@ def train_replicates(model_fn: Callable[[], nn.Module], inits: Sequence[Mapping[
             if pending >= 50 or step % val_every == 0:
                 bar.update(pending)
                 pending = 0
-            if fail_after is not None and step - done >= fail_after:
-                bar.close()
-                raise RuntimeError(f"fail_after={fail_after}: simulated failure at step {step}")
     finally:
         while writes:
             writes.pop().result()

@@ -8,14 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, make_config
+from helpers import TINY, killed_at, make_config
 
-from lottery.config import validate
 from lottery.errors import ConfigError
 from lottery.imp.job import run
 from lottery.pruning import Mask
+from lottery.run import validate
 from lottery.tracking import RunStore, load_torch
 from lottery.tracking.objective import sweep_objective
+from lottery.training import replicates
 
 SMALL = [*TINY, "logger=none", "imp.levels=2", "+branch=random_reinit"]
 
@@ -105,7 +106,8 @@ def test_killed_lockstep_run_resumes_where_it_stopped(tmp_path, mnist_root, monk
     def killed_in_level_1(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:  # level 1's group: die after 50 of 60 steps (checkpoints every 20)
-            kwargs["fail_after"] = 50
+            with killed_at(replicates, 50):
+                return real(*args, **kwargs)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(batched, "train_replicates", killed_in_level_1)

@@ -55,7 +55,7 @@ def test_rerun_skips_finished_levels(tmp_path, mnist_root, monkeypatch) -> None:
     def no_training(*args, **kwargs):
         raise AssertionError("a finished level was trained again")
 
-    monkeypatch.setattr("lottery.imp.job.train_level", no_training)
+    monkeypatch.setattr("lottery.imp.experiment.train_level", no_training)
     rows, _ = _run(tmp_path, "imp.levels=1")
     assert len(rows) == 2
 

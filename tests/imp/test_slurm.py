@@ -37,6 +37,10 @@ def test_slurm_environment_is_detected(tmp_path, monkeypatch) -> None:
         def to(self, device):
             return self
 
+        def for_level(self, start_step, iterations, seed=None):  # the VisionDataModule method train_level uses
+            self.start_step, self.iterations = start_step, iterations
+            return self
+
     model = create_model("lenet_300_100", seed=0)
     spec = LevelSpec(start_step=0, iterations=4, optimizer="adam", lr=1e-3, momentum=0.0, weight_decay=0.0,
                      milestones=(), gamma=0.1, eval_every=2, checkpoint_every=2, progress_bar=False)

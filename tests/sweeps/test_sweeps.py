@@ -16,9 +16,9 @@ from helpers import CONF_DIR, REPO, make_config
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from lottery.config import validate
-from lottery.imp.job import level_metrics
+from lottery.imp.experiment import level_metrics
 from lottery.pruning import Mask
+from lottery.run import validate
 
 SWEEPS = sorted((REPO / "sweeps").glob("*.yaml"))
 TUNED = {"pruning.rate", "imp.rewind_to", "training.lr", "seed"}  # what the issue asks the sweeps to cover

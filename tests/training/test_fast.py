@@ -6,15 +6,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_config
+from helpers import killed_at, make_config
 
-from lottery.config import validate_imp
 from lottery.data import VisionDataModule
 from lottery.errors import ConfigError
 from lottery.imp.level import LevelSpec, seed_everything, train_level
+from lottery.imp.schema import validate_imp
 from lottery.models import create_model, prunable_names
 from lottery.pruning import Mask, magnitude_prune
 from lottery.tracking.atomic import save_torch
+from lottery.training import fast
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -82,8 +83,8 @@ def test_fabric_equals_trainer_bitwise(tmp_path: Path, optimizer: str, start_ste
 
 def test_fabric_resumes_after_a_kill(tmp_path: Path) -> None:
     ref, _, _ = level("fabric", tmp_path / "ref")
-    with pytest.raises(RuntimeError, match="simulated failure"):
-        level("fabric", tmp_path, fail_after=13)  # checkpoints at steps 5 and 10; killed at 13
+    with pytest.raises(RuntimeError, match="simulated failure"), killed_at(fast, 13):
+        level("fabric", tmp_path)  # checkpoints at steps 5 and 10; killed at 13
     ckpt = torch.load(tmp_path / "fabric.ckpt", weights_only=True)
     assert ckpt["step"] == 10 and [h["iteration"] for h in ckpt["history"]] == [10]
     resumed, _, captured = level("fabric", tmp_path)

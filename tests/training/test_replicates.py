@@ -6,11 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import killed_at
 
 from lottery.data import BatchStream
 from lottery.models import create_model, prunable_names
 from lottery.pruning import Mask, magnitude_prune
-from lottery.training.replicates import checkpoint_step, make_optimizer, train_replicates
+from lottery.training import replicates
+from lottery.training.optim import make_optimizer
+from lottery.training.replicates import checkpoint_step, train_replicates
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -107,7 +110,7 @@ def test_stacked_optimizer_matches_one_optimizer_per_slice_bitwise(opt: str) -> 
     singles = [[p[r].detach().clone().requires_grad_() for p in stacked] for r in range(k)]
     optims = [torch.optim.Adam(ps, lr=0.01, weight_decay=0.1) if opt == "adam"
               else torch.optim.SGD(ps, lr=0.01, momentum=0.9, weight_decay=0.1) for ps in singles]
-    batched = make_optimizer(stacked, opt, lr=0.01, momentum=0.9, weight_decay=0.1)
+    batched = make_optimizer(stacked, opt, lr=0.01, momentum=0.9, weight_decay=0.1, foreach=True)
     for _ in range(4):
         grads = [torch.randn(k, *s, generator=g) for s in shapes]
         for p, grad in zip(stacked, grads, strict=True):
@@ -138,9 +141,8 @@ def test_killed_group_resumes_bitwise(opt: str, tmp_path) -> None:
               milestones=[12], gamma=0.5, eval_every=5, eval_sets={"val": val})
     whole = train_replicates(lenet, inits, masks, train, 20, seeds, 23, **kw)
     paths = [tmp_path / f"r{r}.ckpt" for r in range(2)]
-    with pytest.raises(RuntimeError, match="simulated failure"):
-        train_replicates(lenet, inits, masks, train, 20, seeds, 23, checkpoints=paths, checkpoint_every=4,
-                         fail_after=14, **kw)
+    with pytest.raises(RuntimeError, match="simulated failure"), killed_at(replicates, 14):
+        train_replicates(lenet, inits, masks, train, 20, seeds, 23, checkpoints=paths, checkpoint_every=4, **kw)
     assert [checkpoint_step(p) for p in paths] == [12, 12]  # the last checkpoint before the kill
     resumed = train_replicates(lenet, inits, masks, train, 20, seeds, 23, checkpoints=paths, checkpoint_every=4,
                                **kw)
@@ -150,9 +152,9 @@ def test_killed_group_resumes_bitwise(opt: str, tmp_path) -> None:
             assert torch.equal(a.state[name], b.state[name]), name
     # Checkpoints of different steps cannot be stacked into one group.
     save_other = [tmp_path / "other.ckpt"]
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError), killed_at(replicates, 9):
         train_replicates(lenet, inits[1:], masks[1:], train, 20, seeds[1:], 23, checkpoints=save_other,
-                         checkpoint_every=8, fail_after=9, **kw)
+                         checkpoint_every=8, **kw)
     with pytest.raises(ValueError, match="different steps"):
         train_replicates(lenet, inits, masks, train, 20, seeds, 23, checkpoints=[paths[0], save_other[0]], **kw)
 

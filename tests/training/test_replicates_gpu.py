@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import killed_at
 
 from lottery.models import create_model, prunable_names
 from lottery.pruning import Mask, magnitude_prune
+from lottery.training import replicates
 from lottery.training.replicates import train_replicates
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -41,9 +43,9 @@ def test_cuda_graph_step_equals_eager_and_cpu(opt: str, tmp_path) -> None:
     # checkpoint-and-resume in the middle of the graphed run.
     eager = train_replicates(lenet, inits, masks, train, 60, [0, 1, 2, 3], 100, device="cuda", **kw)
     paths = [tmp_path / f"{r}.ckpt" for r in range(4)]
-    with pytest.raises(RuntimeError, match="simulated failure"):
+    with pytest.raises(RuntimeError, match="simulated failure"), killed_at(replicates, 45):
         train_replicates(lenet, inits, masks, train, 60, [0, 1, 2, 3], 100, device="cuda", cuda_graph=True,
-                         checkpoints=paths, checkpoint_every=30, fail_after=45, **kw)
+                         checkpoints=paths, checkpoint_every=30, **kw)
     graphed = train_replicates(lenet, inits, masks, train, 60, [0, 1, 2, 3], 100, device="cuda", cuda_graph=True,
                                checkpoints=paths, checkpoint_every=30, **kw)
     cpu = train_replicates(lenet, inits, masks, train, 60, [0, 1, 2, 3], 100, device="cpu", **kw)
