@@ -17,6 +17,7 @@ from lottery.errors import ConfigError
 from lottery.llm.job import run
 from lottery.llm.schema import validate_oneshot
 from lottery.llm.sources import gguf_model_folder, sha256_file
+from lottery.tracking.atomic import atomic_dir
 
 gguf = pytest.importorskip("gguf")
 from tiny_gguf import tiny_llama, write_gguf  # noqa: E402
@@ -93,3 +94,19 @@ def test_cli_exits_2_on_a_file_that_is_not_gguf(tmp_path: Path, gguf_folder: Pat
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: model.gguf_file='junk.gguf'"), proc.stderr
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+
+def test_a_killed_conversion_leaves_no_model_folder(tmp_path: Path) -> None:
+    target = tmp_path / "gguf_x" / "model"
+    target.parent.mkdir()
+
+    def dies(folder: Path) -> None:
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_dir(target, dies)
+    assert not target.exists()  # only the hidden .model.tmp is left; the next attempt removes it
+    atomic_dir(target, lambda folder: (folder.mkdir(), (folder / "config.json").write_text("{}")))
+    assert sorted(p.name for p in target.parent.iterdir()) == ["model"] and (target / "config.json").exists()
