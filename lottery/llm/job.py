@@ -13,7 +13,6 @@ The dense model's score is cached in `dense_<hash>/` (keyed by model and evaluat
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,13 +25,21 @@ from torch import nn
 
 from lottery.errors import ConfigError, LotteryError
 from lottery.llm.adapters import find_blocks, find_layers, get_weight
-from lottery.llm.calibration import calibration_from_file, load_text, model_max_length, tokenize_text
+from lottery.llm.calibration import (
+    calibration_text,
+    load_text,
+    model_max_length,
+    sample_segments,
+    tokenize_text,
+)
 from lottery.llm.checkpoint import save_pruned
 from lottery.llm.experts import unfused_experts
 from lottery.llm.perplexity import perplexity
 from lottery.llm.schema import as_list, parse_pattern, resolve_model_path, validate_oneshot
 from lottery.llm.sequential import prune_model
+from lottery.llm.sources import gguf_model_folder
 from lottery.tracking import RunStore, load_json, load_torch, save_json, save_torch
+from lottery.tracking.atomic import atomic_dir
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -49,6 +56,7 @@ class Subject:
     dense_key: dict[str, Any]  # what the dense score depends on: names its cache folder
     tokenizer: Any = None
     dense_artifacts: Callable[[Path], None] | None = None  # writes what `evaluate` needs into the dense folder
+    calibration: str = ""  # which text calibrated, in words (printed and stored in results.json)
 
 
 def _pattern_dirname(pattern: str) -> str:
@@ -110,14 +118,41 @@ def _load_hf(cfg: DictConfig, path: str, encoder: bool) -> tuple[Callable[[], nn
     return load, tokenizer
 
 
+def model_folder(cfg: DictConfig) -> str:
+    """The folder (or hub name) transformers loads: a GGUF file is converted once into the store first."""
+    if cfg.model.get("gguf_file"):
+        return str(gguf_model_folder(cfg.model.name_or_path, cfg.model.gguf_file, cfg.store.root))
+    return resolve_model_path(cfg.model.name_or_path)
+
+
+# Token ids of whole texts, kept for the process: a figure runs several configs of one model in one process, and
+# reading and tokenizing the 4 MB calibration corpus is most of the start-up of each. Never mutated.
+_TOKENS: dict[tuple[str, str, str | None], tuple[torch.Tensor, str]] = {}
+
+
+def _tokenized(tokenizer: Any, folder: str, corpus: str, path: str | None) -> tuple[torch.Tensor, str]:
+    """(ids [1, L], description) of a calibration corpus (or, with corpus "file", any text file)."""
+    key = (folder, corpus, path)
+    if key not in _TOKENS:
+        if len(_TOKENS) >= 4:
+            _TOKENS.clear()
+        text, described = calibration_text(corpus, path)
+        _TOKENS[key] = (tokenize_text(tokenizer, text), described)
+    return _TOKENS[key]
+
+
 def _hf_causal_subject(cfg: DictConfig) -> Subject:
-    path = resolve_model_path(cfg.model.name_or_path)
-    load, tokenizer = _load_hf(cfg, path, encoder=False)
+    folder = model_folder(cfg)
+    load, tokenizer = _load_hf(cfg, folder, encoder=False)
     model = load()
     c, e = cfg.calibration, cfg.eval
-    calib_ids = calibration_from_file(c.text, tokenizer, c.nsamples, c.seqlen, c.seed, model=model)
+    ids, described = _tokenized(tokenizer, folder, c.get("corpus", "file"), c.text)
+    seqlen = min(c.seqlen, model_max_length(model) or c.seqlen)
+    calib_ids = sample_segments(ids, c.nsamples, seqlen, c.seed)
+    described = f"{described}: {c.nsamples} windows x {seqlen} tokens, seed {c.seed}"
+    log.info("Calibration text: %s", described)
     seqlen = min(e.seqlen, model_max_length(model) or e.seqlen)
-    eval_ids = tokenize_text(tokenizer, load_text(e.text)).reshape(-1)
+    eval_ids = _tokenized(tokenizer, folder, "file", e.text)[0].reshape(-1)
     if e.max_chunks:
         eval_ids = eval_ids[: e.max_chunks * seqlen]
     device = _device(cfg)
@@ -127,7 +162,7 @@ def _hf_causal_subject(cfg: DictConfig) -> Subject:
         return _on_device(model, device, lambda m: perplexity(m, eval_ids, seqlen, progress=cfg.progress_bar))
 
     key = {"model": OmegaConf.to_container(cfg.model, resolve=True), "eval": OmegaConf.to_container(e, resolve=True)}
-    return Subject(load, calib_ids, evaluate, "perplexity", key, tokenizer)
+    return Subject(load, calib_ids, evaluate, "perplexity", key, tokenizer, calibration=described)
 
 
 def _encoder_subject(cfg: DictConfig) -> Subject:
@@ -185,7 +220,7 @@ def _charlm_subject(cfg: DictConfig) -> Subject:
             began = time.perf_counter()
             loss = train_charlm(model, train_ids, mc.seqlen, mc.batch_size, mc.steps, mc.lr, mc.weight_decay, cfg.seed,
                                 str(_device(cfg)), cfg.progress_bar)
-            _save_dir(model_dir, lambda tmp: model.save_pretrained(tmp))
+            atomic_dir(model_dir, lambda tmp: model.save_pretrained(tmp))
             save_json({"final_train_loss": loss, "train_seconds": time.perf_counter() - began,
                        "parameters": sum(p.numel() for p in model.parameters())}, cache.file("train.json"))
 
@@ -215,15 +250,6 @@ def build_subject(cfg: DictConfig) -> Subject:
     return _hf_causal_subject(cfg)
 
 
-def _save_dir(target: Path, write: Callable[[Path], None]) -> None:
-    """Write a folder under a temporary name, then rename it: a killed run never leaves half a model."""
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
-
-
 def dense_score(cfg: DictConfig, subject: Subject) -> dict[str, Any]:
     """The dense model's score, cached in its own folder keyed by model and evaluation."""
     with RunStore(cfg.store.root, OmegaConf.create(subject.dense_key), prefix="dense") as cache:
@@ -248,21 +274,25 @@ def prune_variant(cfg: DictConfig, subject: Subject, method: str, pattern: str, 
     p = cfg.prune
     n, m = parse_pattern(str(pattern)) or (0, 0)  # prune_model's n = m = 0: unstructured
     model = subject.load()
+    device = _device(cfg)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     began = time.perf_counter()
     report = prune_model(model, method, p.sparsity, subject.calib_ids, n=n, m=m, blocksize=p.blocksize,
                          percdamp=p.percdamp, per_row=p.per_row, true_sequential=p.true_sequential,
-                         include=list(p.include) or None, exclude=list(p.exclude) or None, device=_device(cfg),
+                         include=list(p.include) or None, exclude=list(p.exclude) or None, device=device,
                          devices=list(p.get("devices") or []) or None, progress=cfg.progress_bar)
     prune_seconds = time.perf_counter() - began
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     began = time.perf_counter()
     score = subject.evaluate(model)
     eval_seconds = time.perf_counter() - began
     summary = report.to_dict()
-    _save_dir(folder / "model", lambda tmp: save_pruned(model, tmp, report.masks, summary, subject.tokenizer))
+    atomic_dir(folder / "model", lambda tmp: save_pruned(model, tmp, report.masks, summary, subject.tokenizer))
     result = {"method": method, "pattern": str(pattern), "sparsity_target": p.sparsity if not m else 1 - n / m,
               "total_sparsity": summary["total_sparsity"], "nm_valid": summary["nm_valid"],
               subject.metric: score, "prune_seconds": prune_seconds, "eval_seconds": eval_seconds,
-              "layers": summary["layers"]}
+              "peak_gpu_bytes": peak, "layers": summary["layers"]}
     save_json(result, folder / "result.json")
     return result
 
@@ -319,6 +349,8 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
             raise
         raise ConfigError(f"{type(err).__name__}: {err}") from None
     del probe
+    if subject.calibration:
+        print(f"calibration: {subject.calibration}", flush=True)
     dense = dense_score(cfg, subject)
     rows = []
     with RunStore(cfg.store.root, cfg, prefix="oneshot") as store:
@@ -328,7 +360,8 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
                 folder = store.file(f"{method}_{_pattern_dirname(pattern)}")
                 rows.append(prune_variant(cfg, subject, method, pattern, folder))
         brief = [{k: v for k, v in r.items() if k != "layers"} for r in rows]
-        save_json({"dense": dense, "metric": subject.metric, "results": brief}, store.file("results.json"))
+        save_json({"dense": dense, "metric": subject.metric, "calibration": subject.calibration, "results": brief},
+                  store.file("results.json"))
         _log_wandb(cfg, store, dense, rows, subject.metric)
     print(format_table(rows, dense, subject.metric, title=f"one-shot {cfg.name} — {store.path}"))
     return rows

@@ -17,6 +17,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from lottery.config import LoggerConfig, RootConfig, StoreConfig
 from lottery.errors import ConfigError
+from lottery.llm.corpora import CORPORA, check_corpus
 from lottery.llm.methods import METHODS
 from lottery.pruning.nm import parse_nm
 
@@ -26,6 +27,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 PACKAGE_PREFIX = "pkg:"
+GGUF_MAGIC = b"GGUF"
 
 
 def default_text_root() -> str:
@@ -51,6 +53,7 @@ class HFModelConfig:
     dtype: str = "float32"
     device: str = "cpu"  # where blocks are pruned and evaluated: cpu | cuda | cuda:N
     trust_remote_code: bool = False
+    gguf_file: str | None = None  # a GGUF file inside name_or_path (a folder or pkg:): converted once, then cached
 
 
 @dataclass
@@ -91,7 +94,10 @@ class PruneConfig:
 
 @dataclass
 class CalibrationConfig:
-    text: str = "${lottery_text_root:}/wikitext2_test.txt"
+    """Where the calibration windows are cut from: a local text file, or a corpus that a package installs."""
+
+    corpus: str = "file"  # file (read `text`) | janeausten (Debian r-cran-janeaustenr; see lottery.llm.corpora)
+    text: str | None = "${lottery_text_root:}/wikitext2_test.txt"
     nsamples: int = 128
     seqlen: int = 2048  # capped to the model's maximum length
     seed: int = 0
@@ -171,6 +177,26 @@ def resolve_model_path(name_or_path: str) -> str:
     return str(Path(next(iter(spec.submodule_search_locations))) / sub)
 
 
+def gguf_path(name_or_path: str, gguf_file: str) -> Path:
+    """The GGUF file `gguf_file` inside the folder (or `pkg:` package) `name_or_path`; ConfigError unless it is
+    an existing file that begins with the GGUF magic bytes."""
+    folder = resolve_model_path(name_or_path)
+    if not _looks_local(folder):
+        raise ConfigError(f"model.gguf_file={gguf_file!r} needs model.name_or_path to be a local folder or "
+                          f"pkg:<package>; {name_or_path!r} looks like a hub name (this project loads GGUF files "
+                          "offline only)")
+    file = Path(folder).expanduser() / gguf_file
+    if not file.is_file():
+        present = sorted(p.name for p in Path(folder).expanduser().glob("*.gguf")) if Path(folder).is_dir() else []
+        raise ConfigError(f"model.gguf_file={gguf_file!r}: no such file in {name_or_path!r} "
+                          f"(GGUF files there: {', '.join(present) or 'none'})")
+    with open(file, "rb") as f:
+        if f.read(4) != GGUF_MAGIC:
+            raise ConfigError(f"model.gguf_file={gguf_file!r}: {file} is not a GGUF file (it does not begin with "
+                              "the bytes 'GGUF')")
+    return file
+
+
 def _looks_local(path: str) -> bool:
     return path.startswith((".", "/", "~")) or Path(path).expanduser().exists() or path.count("/") > 1
 
@@ -191,6 +217,9 @@ def _check_model(model: DictConfig) -> None:
         return
     if OmegaConf.is_missing(model, "name_or_path"):
         raise ConfigError("model.name_or_path is not set; give a hub name or a local model folder")
+    if model.get("gguf_file"):
+        gguf_path(model.name_or_path, model.gguf_file)
+        return
     path = resolve_model_path(model.name_or_path)
     if _looks_local(path):
         folder = Path(path).expanduser()
@@ -233,9 +262,14 @@ def validate_oneshot(cfg: DictConfig) -> None:
     c = cfg.calibration
     if c.nsamples <= 0 or c.seqlen <= 1:
         raise ConfigError(f"calibration.nsamples={c.nsamples} must be > 0 and calibration.seqlen={c.seqlen} > 1")
-    if cfg.model.kind == "hf" and not Path(c.text).is_file():
+    corpus = c.get("corpus", "file")
+    if corpus not in CORPORA:
+        raise ConfigError(f"calibration.corpus={corpus!r} is not allowed; choose one of {', '.join(CORPORA)}")
+    if cfg.model.kind == "hf" and corpus == "file" and not (c.text and Path(c.text).is_file()):
         raise ConfigError(f"calibration.text={c.text!r}: calibration text file not found (set LOTTERY_TEXT or "
                           "calibration.text)")
+    if cfg.model.kind == "hf" and corpus != "file":
+        check_corpus(corpus)
     e = cfg.eval
     if e.metric not in EVAL_METRICS:
         raise ConfigError(f"eval.metric={e.metric!r} is not allowed; choose one of {', '.join(EVAL_METRICS)}")

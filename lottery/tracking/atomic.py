@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -69,3 +70,14 @@ def load_json(path: str | Path) -> Any:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise StoreError(f"{path} is corrupt or truncated ({type(err).__name__}); rerun with "
                          "store.on_corrupt=redo to redo the step that wrote it") from None
+
+
+def atomic_dir(target: str | Path, write: Callable[[Path], None]) -> None:
+    """Call `write(folder)` on a temporary sibling folder, then rename it to `target`: a killed process never
+    leaves half a folder under the target's name (the `.<name>.tmp` leftover is removed by the next attempt)."""
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)

@@ -109,7 +109,8 @@ def _fake_oneshot_results(options: Options) -> dict[Path, dict]:
         cfg = compose_run([*spec.overrides, *options.overrides])
         patterns = ["unstructured"] if spec.key[1] == "unstructured" else NM_PATTERNS
         results = [{"method": m, "pattern": p, "sparsity_target": spec.key[2] if p == "unstructured" else 0.5,
-                    "total_sparsity": 0.5, "nm_valid": None, "perplexity": 10.0 + i + 0.125 * j + 0.01 * k}
+                    "total_sparsity": 0.5, "nm_valid": None, "perplexity": 10.0 + i + 0.125 * j + 0.01 * k,
+                    "prune_seconds": 2.0, "eval_seconds": 3.0, "peak_gpu_bytes": 1.5 * 2**30}
                    for j, p in enumerate(patterns) for k, m in enumerate(METHODS)]
         data = {"dense": {"perplexity": 9.5}, "metric": "perplexity", "results": results}
         path = run_folder(cfg)
@@ -134,8 +135,9 @@ def test_llm_table_reads_oneshot_results(tmp_path: Path) -> None:
     # Wanda's Table 3 layout: unstructured sparsities ascending, then the N:M patterns; methods in order.
     assert [(r["pattern"], r["method"]) for r in rows[1:4]] == [("unstructured", m) for m in METHODS]
     assert [r["pattern"] for r in rows[-3:]] == [NM_PATTERNS[-1]] * 3
-    md = (out / "llm_table.md").read_text()
-    assert md.count("\n| ") == 1 + len(expected) + 1 and f"| SparseGPT | ✓ | {100 * SPARSITIES[0]:g}% |" in md
+    table, speed = (out / "llm_table.md").read_text().split("wall time per variant")
+    assert table.count("\n| ") == 1 + len(expected) + 1 and f"| SparseGPT | ✓ | {100 * SPARSITIES[0]:g}% |" in table
+    assert speed.count("\n| ") == 1 + len(expected) and "| 2.0 | 3.0 | 1.50 |" in speed
 
 
 @pytest.mark.slow
@@ -145,7 +147,8 @@ def test_llm_table_from_a_real_charlm_run(tmp_path: Path) -> None:
         pytest.skip("tinyshakespeare.txt not available")
     small = ["model.steps=20", "model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=2",
              "model.num_heads=2", "calibration.nsamples=4", "calibration.seqlen=32", "eval.seqlen=32",
-             "eval.max_chunks=3", "progress_bar=false", "logger=none", f"model.text={text}"]
+             "eval.max_chunks=3", "progress_bar=false", "logger=none", f"model.text={text}", "exp=oneshot_charlm",
+             "model.device=cpu"]
     assert main(["llm_table", *[a for o in small for a in ("--set", o)]]) == 0
     rows = _csv(tmp_path / "figures" / "llm_table" / "llm_table.csv")
     options = Options(overrides=small)

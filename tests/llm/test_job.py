@@ -18,8 +18,10 @@ from lottery.llm.job import run
 from lottery.llm.schema import validate_oneshot
 from lottery.tracking import RunStore
 
-EXPS = ["oneshot_llm", "oneshot_charlm", "oneshot_minilm"]
-FAST = ["calibration.nsamples=4", "calibration.seqlen=32", "eval.seqlen=32", "eval.max_chunks=3", "progress_bar=false"]
+EXPS = ["oneshot_llm", "oneshot_charlm", "oneshot_minilm", "oneshot_smollm2"]
+# corpus=file: the tiny word tokenizer knows WikiText's words (oneshot_llm's default corpus is Jane Austen).
+FAST = ["calibration.corpus=file", "calibration.text=${lottery_text_root:}/wikitext2_test.txt",
+        "calibration.nsamples=4", "calibration.seqlen=32", "eval.seqlen=32", "eval.max_chunks=3", "progress_bar=false"]
 
 
 @pytest.fixture
