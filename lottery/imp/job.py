@@ -23,6 +23,7 @@ from lottery.imp.level import LevelSpec, early_stop, seed_everything, train_leve
 from lottery.imp.masks import next_mask
 from lottery.imp.report import format_summary, summary_row
 from lottery.imp.rewind import level_schedule, level_start
+from lottery.imp.scoring import at_init, score_mask
 from lottery.models import create_model, output_layer_name, prunable_names
 from lottery.pruning import Mask, resolve_rates
 from lottery.pruning.analysis import layer_sparsity, mask_overlap, surviving_init_histogram
@@ -292,8 +293,11 @@ def save_rewind(exp: Experiment, state: dict[str, Any]) -> None:
 
 
 def level_rounds(cfg: DictConfig) -> list[int]:
-    """The main levels of a run: 0..levels, or 0 and 1 for one-shot pruning."""
-    return [0, 1] if cfg.imp.oneshot else list(range(cfg.imp.levels + 1))
+    """The main levels of a run: 0..levels, or 0 and 1 for one-shot pruning, or only 1 when one-shot pruning
+    happens at initialisation (θ0 is pruned to the target before any training, so there is no level 0)."""
+    if cfg.imp.oneshot:
+        return [1] if at_init(cfg) else [0, 1]
+    return list(range(cfg.imp.levels + 1))
 
 
 def finished_mask(exp: Experiment, level: int) -> Mask | None:
@@ -306,14 +310,15 @@ def finished_mask(exp: Experiment, level: int) -> Mask | None:
 def plan_level(exp: Experiment, level: int, previous: Mask, rates: dict[str, float | None],
                output_name: str) -> LevelPlan:
     """Level `level`'s plan, given the previous level's mask: prune its trained weights, then rewind."""
-    cfg, store, steps, p = exp.cfg, exp.store, exp.steps, exp.cfg.pruning
+    cfg, store, steps = exp.cfg, exp.store, exp.steps
     if level == 0:
         return LevelPlan(0, store.level(0), previous, exp.init_state, 0,
                          rewind_at=steps.rewind if steps.rewind > 0 else None)
-    trained = exp.final_state(store.level(level - 1))
+    # At init the mask comes from θ0 (validation allows only imp.rewind=init then); else from level − 1's weights.
+    trained = exp.init_state if at_init(cfg) else exp.final_state(store.level(level - 1))
     target_level = cfg.imp.levels if cfg.imp.oneshot else level
-    mask = next_mask(trained, previous, target_level, rates, p.rate, p.pattern, p.norm, output_name,
-                     parse_nm(p.pattern))
+    mask = score_mask(cfg, exp.model, trained, previous, 0 if cfg.imp.oneshot else level - 1, target_level, rates,
+                      output_name, exp.datamodule)
     rewind_state = None
     if cfg.imp.rewind in ("iteration", "epoch"):
         if exp.rewind_state is None:

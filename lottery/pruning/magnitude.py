@@ -14,7 +14,7 @@ import torch
 from lottery.pruning.mask import Mask
 
 
-def kept_count(size: int, rate: float, level: int) -> int:
+def kept_count(size: int, rate: float, level: float) -> int:
     """How many of `size` weights survive `level` rounds that each remove `rate` of the remainder."""
     return int(round(size * (1.0 - rate) ** level))
 
@@ -54,23 +54,31 @@ def resolve_rates(names: list[str], strategy: str, rate: float, output_name: str
 
 
 @torch.no_grad()
-def magnitude_prune(weights: Mapping[str, torch.Tensor], mask: Mask, level: int, rates: Mapping[str, float | None],
-                    global_rate: float) -> Mask:
-    """The level-`level` mask from trained `weights` and the previous level's `mask`.
+def score_prune(scores: Mapping[str, torch.Tensor], mask: Mask, level: float, rates: Mapping[str, float | None],
+                global_rate: float) -> Mask:
+    """The level-`level` mask that keeps the highest `scores` (any per-weight score; higher = more important).
 
-    Layers with a rate are pruned on their own; layers whose rate is None share one global magnitude
-    threshold at `global_rate`. Layers absent from `rates` keep their mask.
+    Layers with a rate are pruned on their own; layers whose rate is None share one global threshold at
+    `global_rate`. Layers absent from `rates` keep their mask. `level` may be fractional (SynFlow's rounds
+    step through the levels on the way to the target).
     """
     new = dict(mask.items())
     for name, rate in rates.items():
         if rate is not None:
             k = kept_count(mask[name].numel(), rate, level)
-            new[name] = _keep_top(weights[name].abs().cpu(), mask[name], k)
+            new[name] = _keep_top(scores[name].cpu(), mask[name], k)
     pool = [name for name, rate in rates.items() if rate is None]
     if pool:
-        scores = torch.cat([weights[n].abs().cpu().flatten() for n in pool])
+        flat = torch.cat([scores[n].cpu().float().flatten() for n in pool])
         current = torch.cat([mask[n].flatten() for n in pool])
-        keep = _keep_top(scores, current, kept_count(current.numel(), global_rate, level))
+        keep = _keep_top(flat, current, kept_count(current.numel(), global_rate, level))
         for name, part in zip(pool, keep.split([mask[n].numel() for n in pool]), strict=True):
             new[name] = part.view_as(mask[name])
     return Mask(new)
+
+
+@torch.no_grad()
+def magnitude_prune(weights: Mapping[str, torch.Tensor], mask: Mask, level: int, rates: Mapping[str, float | None],
+                    global_rate: float) -> Mask:
+    """The level-`level` mask from trained `weights` and the previous level's `mask`: `score_prune` by |w|."""
+    return score_prune({name: weights[name].abs() for name in rates}, mask, level, rates, global_rate)

@@ -41,7 +41,12 @@ HASH_EXCLUDED = ("name", "logger", "store", "progress_bar", "data.root", "data.d
 # Keys added to the schema after runs were already stored, with the value that every earlier run implicitly
 # had. While a key holds that value it is left out of the hash, so adding an option never moves the folder of
 # an existing config; a run that sets it to anything else gets a new hash. Add new keys here, never remove one.
-HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {}
+HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
+    "pruning.score": "magnitude",  # issue 14: pruning scores; the four keys below only matter for other scores
+    "pruning.score_batches": 10,
+    "pruning.synflow_rounds": 100,
+    "pruning.prune_at": "auto",
+}
 
 
 def _parent(data: dict[str, Any], dotted: str) -> tuple[dict[str, Any] | None, str]:
