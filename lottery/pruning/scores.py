@@ -8,7 +8,7 @@
                S = −w ⊙ Hḡ, so the score kept here is −S
     synflow    |w ⊙ ∂R/∂w| of the linearised network, R = 1ᵀ f_|θ|(1), iterated over `rounds` prunings at
                an exponential schedule; data-free (Tanaka et al. 2020)
-    random     uniform noise from the run's seed
+    random     uniform noise from the run's seed (salted: independent of the init)
 
 Every score is a pure function of a model (its weights already masked), the mask, and `ScoreInputs`; it
 returns one tensor per masked parameter, on the CPU. The allocation (global or layerwise, unstructured,
@@ -45,6 +45,27 @@ LossFn = Callable[[nn.Module, Batch], Tensor]
 # The mask that keeps the highest `scores` at `fraction` of the way (in levels) to the target sparsity.
 Allocate = Callable[[Mapping[str, Tensor], float], Mask]
 PRUNE_AT = ("auto", "init", "trained")
+# GraSP's reference implementation (Wang et al. 2020, alecwangcq/GraSP) divides the logits by T = 200 while
+# scoring, which flattens the softmax at init; without it the scores at init select badly on LeNet.
+GRASP_TEMPERATURE = 200.0
+# Salts that keep each score's random stream apart from the model's init drawn from the same run seed (a
+# uniform draw from the init's own seed is correlated with the init: "random" masks then prefer one sign).
+RANDOM_SALT, PROBE_SALT = 7_777_771, 8_888_881
+
+
+def _generator(seed: int, salt: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + salt)
+
+
+class _Tempered(nn.Module):
+    """`net` with its outputs divided by a temperature (the parameters are `net`'s own)."""
+
+    def __init__(self, net: nn.Module, temperature: float):
+        super().__init__()
+        self.net, self.temperature = net, temperature
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x) / self.temperature
 
 
 def classification_loss(model: nn.Module, batch: Batch) -> Tensor:
@@ -122,8 +143,8 @@ def magnitude_score(model: nn.Module, mask: Mask, inputs: ScoreInputs) -> dict[s
 
 
 def random_score(model: nn.Module, mask: Mask, inputs: ScoreInputs) -> dict[str, Tensor]:
-    """Uniform [0, 1) noise from a private generator seeded by `inputs.seed`, drawn layer by layer in mask order."""
-    g = torch.Generator().manual_seed(inputs.seed)
+    """Uniform [0, 1) noise from a private generator (the run seed, salted), drawn layer by layer in mask order."""
+    g = _generator(inputs.seed, RANDOM_SALT)
     return {name: torch.rand(m.shape, generator=g) for name, m in mask.items()}
 
 
@@ -139,7 +160,7 @@ def taylor1_score(model: nn.Module, mask: Mask, inputs: ScoreInputs) -> dict[str
 def hutchinson_diagonal(net: nn.Module, params: list[nn.Parameter], batches: list[Batch], loss_fn: LossFn,
                         seed: int) -> list[Tensor]:
     """diag(H) of the loss w.r.t. `params`, as the mean over batches of z ⊙ (H_b z), one Rademacher z per batch."""
-    g = torch.Generator().manual_seed(seed)
+    g = _generator(seed, PROBE_SALT)
     total = [torch.zeros_like(p) for p in params]
     for batch in batches:
         grads = torch.autograd.grad(loss_fn(net, batch), params, create_graph=True)
@@ -165,15 +186,18 @@ def obd_score(model: nn.Module, mask: Mask, inputs: ScoreInputs) -> dict[str, Te
 
 
 def grasp_score(model: nn.Module, mask: Mask, inputs: ScoreInputs) -> dict[str, Tensor]:
-    """w ⊙ (Hḡ) by double backprop: GraSP removes the largest S = −w ⊙ Hḡ, i.e. keeps the largest −S."""
+    """w ⊙ (Hḡ) by double backprop: GraSP removes the largest S = −w ⊙ Hḡ, i.e. keeps the largest −S.
+
+    The loss is taken on logits / GRASP_TEMPERATURE, as in the reference implementation."""
     net, params = _masked_copy(model, mask)
     names = list(mask)
     weights = [params[n] for n in names]
     batches = _batches(inputs, _device(net))
-    gbar = [g.detach() for g in _mean_gradient(net, weights, batches, inputs.loss_fn)]
+    tempered = _Tempered(net, GRASP_TEMPERATURE)
+    gbar = [g.detach() for g in _mean_gradient(tempered, weights, batches, inputs.loss_fn)]
     hg = [torch.zeros_like(w) for w in weights]
     for batch in batches:
-        grads = torch.autograd.grad(inputs.loss_fn(net, batch), weights, create_graph=True)
+        grads = torch.autograd.grad(inputs.loss_fn(tempered, batch), weights, create_graph=True)
         z = sum((g * gb).sum() for g, gb in zip(grads, gbar, strict=True))
         for t, h in zip(hg, torch.autograd.grad(z, weights), strict=True):
             t.add_(h / len(batches))
