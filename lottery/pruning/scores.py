@@ -97,8 +97,9 @@ class Score:
 
 
 def _masked_copy(model: nn.Module, mask: Mask) -> tuple[nn.Module, dict[str, nn.Parameter]]:
-    """A copy of `model` with the pruned weights zeroed (the caller's model is never touched)."""
-    net = copy.deepcopy(model)
+    """A copy of `model` with the pruned weights zeroed, in training mode (BatchNorm on batch statistics, as in
+    training; the caller's model and its running statistics are never touched)."""
+    net = copy.deepcopy(model).train()
     mask.apply_(net)
     params = dict(net.named_parameters())
     for name in mask:
