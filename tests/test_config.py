@@ -17,7 +17,20 @@ EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "exp").glob("*.yaml"))
 def test_every_experiment_composes(exp: str) -> None:
     cfg = make_config([f"+exp={exp}"])
     assert cfg.name == exp
+    if cfg.get("calibration") is not None and cfg.calibration.get("corpus") == "janeausten" and not _corpus_here():
+        # Without the optional corpus the experiment must stop with the one line that says how to install it.
+        with pytest.raises(ConfigError, match="r-cran-janeaustenr"):
+            validate(cfg)
+        return
     validate(cfg)
+
+
+def _corpus_here() -> bool:
+    import importlib.util
+
+    from lottery.llm.corpora import find_janeaustenr
+
+    return find_janeaustenr() is not None and importlib.util.find_spec("rdata") is not None
 
 
 def test_imp_lenet_has_the_papers_defaults() -> None:

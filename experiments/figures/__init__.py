@@ -3,8 +3,9 @@
 from experiments.figures.common import Figure, MissingRuns, Options, RunSpec
 from experiments.figures.llm_table import LLM_TABLE
 from experiments.figures.lth import LTH_CONV, LTH_LENET
+from experiments.figures.pai import PAI
 from experiments.figures.rewind import REWIND
 
-FIGURES: dict[str, Figure] = {f.name: f for f in (LTH_LENET, LTH_CONV, REWIND, LLM_TABLE)}
+FIGURES: dict[str, Figure] = {f.name: f for f in (LTH_LENET, LTH_CONV, REWIND, LLM_TABLE, PAI)}
 
 __all__ = ["FIGURES", "Figure", "MissingRuns", "Options", "RunSpec"]

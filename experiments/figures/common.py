@@ -17,6 +17,8 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from lottery.imp.branches import branch_levels as imp_branch_levels
+from lottery.imp.plan import level_rounds
 from lottery.run import register_configs, validate
 from lottery.tracking import RunStore, load_json
 
@@ -69,8 +71,8 @@ def run_folder(cfg: DictConfig) -> Path:
 
 
 def imp_levels(cfg: DictConfig) -> list[int]:
-    """The main levels an IMP run stores: 0..levels, or 0 and 1 for one-shot."""
-    return [0, 1] if cfg.imp.oneshot else list(range(cfg.imp.levels + 1))
+    """The main levels an IMP run stores: 0..levels, 0 and 1 for one-shot, only 1 for one-shot at init."""
+    return level_rounds(cfg)
 
 
 def branch_dirname(cfg: DictConfig) -> str | None:
@@ -80,7 +82,7 @@ def branch_dirname(cfg: DictConfig) -> str | None:
 def branch_levels(cfg: DictConfig) -> list[int]:
     if cfg.get("branch") is None:
         return []
-    return list(cfg.branch.levels) if cfg.branch.levels else imp_levels(cfg)[1:]
+    return imp_branch_levels(cfg.branch.levels, cfg.imp.levels, cfg.imp.oneshot)
 
 
 def is_complete(cfg: DictConfig, path: Path) -> bool:

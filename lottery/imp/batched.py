@@ -98,7 +98,7 @@ def run_batched(configs: Sequence[DictConfig]) -> list[dict[str, Any]]:
             store = stack.enter_context(RunStore(cfg.store.root, cfg, prefix="imp"))
             exp = open_experiment(cfg, steps, datamodule, model, store)
             runs.append(SeedRun(exp, rates, output_name, Mask.ones(model, prunable_names(model))))
-        for level in level_rounds(runs[0].exp):
+        for level in level_rounds(runs[0].exp.cfg):
             works = [(run, _level_work(run, level)) for run in runs]
             members = [_member(run, plan) for run, work in works for plan in work.plans]
             if members:

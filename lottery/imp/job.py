@@ -66,7 +66,7 @@ def train_levels(exp: Experiment, rates: dict[str, float | None], output_name: s
     """Train every level's plans in order; the summary rows: the levels', then their branches'."""
     mask = Mask.ones(exp.model, prunable_names(exp.model))
     level_rows, branch_rows = [], []
-    for level in level_rounds(exp):
+    for level in level_rounds(exp.cfg):
         work = level_work(exp, level, mask, rates, output_name)
         for plan in work.plans:
             exp.train(plan)

@@ -11,24 +11,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig
+
 from lottery.data import DATASETS
 from lottery.errors import StoreError
 from lottery.imp.branches import BRANCHES, Ticket, branch_levels, branch_seed, branch_tag
 from lottery.imp.experiment import Experiment, LevelPlan
-from lottery.imp.masks import next_mask
 from lottery.imp.report import summary_row
 from lottery.imp.rewind import REWIND_MODES, level_start, unmasked_start
+from lottery.imp.scoring import at_init, score_mask
 from lottery.models import create_model
 from lottery.pruning import Mask
-from lottery.pruning.nm import parse_nm
 from lottery.tracking import load_json, load_torch
 
 log = logging.getLogger(__name__)
 
 
-def level_rounds(exp: Experiment) -> list[int]:
-    """The main levels of a run: 0..levels, or 0 and 1 for one-shot pruning."""
-    return [0, 1] if exp.cfg.imp.oneshot else list(range(exp.cfg.imp.levels + 1))
+def level_rounds(cfg: DictConfig) -> list[int]:
+    """The main levels of a run: 0..levels, or 0 and 1 for one-shot pruning, or only 1 when one-shot pruning
+    happens at initialisation (θ0 is pruned to the target before any training, so there is no level 0)."""
+    if cfg.imp.oneshot:
+        return [1] if at_init(cfg) else [0, 1]
+    return list(range(cfg.imp.levels + 1))
 
 
 def finished_mask(exp: Experiment, level: int) -> Mask | None:
@@ -52,14 +56,15 @@ def rewind_state(exp: Experiment) -> dict[str, Any] | None:
 def plan_level(exp: Experiment, level: int, previous: Mask, rates: dict[str, float | None],
                output_name: str) -> LevelPlan:
     """Level `level`'s plan, given the previous level's mask: prune its trained weights, then rewind."""
-    cfg, store, steps, p = exp.cfg, exp.store, exp.steps, exp.cfg.pruning
+    cfg, store, steps = exp.cfg, exp.store, exp.steps
     if level == 0:
         return LevelPlan(0, store.level(0), previous, exp.init_state, 0,
                          rewind_at=steps.rewind if steps.rewind > 0 else None)
-    trained = exp.final_state(store.level(level - 1))
+    # At init the mask comes from θ0 (validation allows only imp.rewind=init then); else from level − 1's weights.
+    trained = exp.init_state if at_init(cfg) else exp.final_state(store.level(level - 1))
     target_level = cfg.imp.levels if cfg.imp.oneshot else level
-    mask = next_mask(trained, previous, target_level, rates, p.rate, p.pattern, p.norm, output_name,
-                     parse_nm(p.pattern))
+    mask = score_mask(cfg, exp.model, trained, previous, 0 if cfg.imp.oneshot else level - 1, target_level, rates,
+                      output_name, exp.datamodule)
     start, start_step = level_start(cfg.imp.rewind, mask, exp.init_state, rewind_state(exp), trained, steps.rewind)
     return LevelPlan(level, store.level(level), mask, start, start_step, finetune=REWIND_MODES[cfg.imp.rewind].finetune,
                      compare_to=previous)

@@ -19,6 +19,7 @@ from lottery.imp.masks import PATTERNS, UNIT_PATTERNS
 from lottery.imp.rewind import REWIND_MODES
 from lottery.models import MODELS
 from lottery.pruning.nm import parse_nm
+from lottery.pruning.scores import validate_score
 from lottery.pruning.structured import NORMS
 from lottery.schedule import parse_step
 from lottery.training.optim import OPTIMIZERS
@@ -75,6 +76,13 @@ class PruningConfig:
     exclude: list[str] = field(default_factory=list)
     pattern: str = "unstructured"  # unstructured | neurons | filters | channels | N:M (e.g. "2:4")
     norm: str = "l1"  # unit score of structured patterns: l1 | l2
+    # Per-weight score (lottery.pruning.scores.SCORES): magnitude | taylor1 | obd | snip | grasp | synflow | random
+    score: str = "magnitude"
+    score_batches: int = 10  # training batches a data-reading score uses (the run's own seeded stream)
+    synflow_rounds: int = 100
+    # auto: with imp.oneshot=true an at-init score (snip, grasp, synflow) prunes θ0 before training, every other
+    # score prunes after it; init / trained force one or the other (init needs imp.oneshot=true).
+    prune_at: str = "auto"
 
 
 @dataclass
@@ -208,6 +216,9 @@ def validate_imp(cfg: DictConfig) -> Steps:
         for level in cfg.branch.levels or []:
             if not 1 <= level <= cfg.imp.levels:
                 raise ConfigError(f"branch.levels entry {level} is not a pruned level (1..{cfg.imp.levels})")
+    p = cfg.pruning
+    validate_score(p.get("score", "magnitude"), p.get("score_batches", 10), p.get("synflow_rounds", 100),
+                   p.get("prune_at", "auto"), cfg.imp.oneshot, cfg.imp.rewind, p.pattern, p.norm)
     _rate("pruning.rate", cfg.pruning.rate)
     if cfg.pruning.output_rate is not None:
         _rate("pruning.output_rate", cfg.pruning.output_rate)

@@ -35,22 +35,29 @@ def unit_dim(name: str, shape: torch.Size, pattern: str) -> int:
     return PATTERNS[pattern]
 
 
-def _unit_scores(weight: Tensor, mask: Tensor, dim: int, norm: str) -> tuple[Tensor, Tensor]:
-    """Ln norm of each unit's kept weights, and which units are alive (any weight kept)."""
-    w = (weight.detach().cpu().double() * mask).transpose(0, dim).reshape(weight.shape[dim], -1)
+def _unit_scores(weight: Tensor, mask: Tensor, dim: int, norm: str, score: Tensor | None = None
+                 ) -> tuple[Tensor, Tensor]:
+    """Ln norm of each unit's kept weights (or, given per-weight `score`s, their sum over the unit's kept
+    weights), and which units are alive (any weight kept)."""
     alive = mask.transpose(0, dim).reshape(weight.shape[dim], -1).any(dim=1)
+    if score is not None:
+        # where, not `* mask`: a score of −inf (SynFlow's pruned-in-an-earlier-round) times 0 would be NaN
+        s = torch.where(mask, score.detach().cpu().double(), 0.0).transpose(0, dim).reshape(weight.shape[dim], -1)
+        return s.sum(dim=1), alive
+    w = (weight.detach().cpu().double() * mask).transpose(0, dim).reshape(weight.shape[dim], -1)
     scores = w.abs().sum(dim=1) if norm == "l1" else w.pow(2).sum(dim=1).sqrt()
     return scores, alive
 
 
 @torch.no_grad()
-def structured_prune(weights: Mapping[str, Tensor], mask: Mask, level: int, rates: Mapping[str, float],
-                     pattern: str, norm: str = "l1") -> Mask:
+def structured_prune(weights: Mapping[str, Tensor], mask: Mask, level: float, rates: Mapping[str, float],
+                     pattern: str, norm: str = "l1", scores: Mapping[str, Tensor] | None = None) -> Mask:
     """The level-`level` mask that removes whole units of each layer in `rates`.
 
     A layer keeps the `kept_count(units, rate, level)` alive units with the largest `norm` ("l1" or "l2") of
     their kept weights; ties go to the lower index. Removed units become all False, kept units keep their
-    previous element mask. Layers absent from `rates` keep their mask. For a grouped conv, dim 1 indexes the
+    previous element mask. Layers absent from `rates` keep their mask. With per-weight `scores` (pruning.score
+    other than magnitude) a unit's score is the sum of its kept weights' scores instead. For a grouped conv, dim 1 indexes the
     inputs within a group, so "channels" then prunes that index in every group.
     """
     if norm not in NORMS:
@@ -61,9 +68,9 @@ def structured_prune(weights: Mapping[str, Tensor], mask: Mask, level: int, rate
     for name, rate in rates.items():
         old = mask[name]
         dim = unit_dim(name, old.shape, pattern)
-        scores, alive = _unit_scores(weights[name], old, dim, norm)
+        unit, alive = _unit_scores(weights[name], old, dim, norm, None if scores is None else scores[name])
         k = kept_count(old.shape[dim], rate, level)
-        ranked = torch.where(alive, scores, torch.tensor(float("-inf"), dtype=scores.dtype))
+        ranked = torch.where(alive, unit, torch.tensor(float("-inf"), dtype=unit.dtype))
         keep_units = torch.zeros_like(alive)
         keep_units[torch.argsort(ranked, descending=True, stable=True)[:k]] = True
         view = [1] * old.dim()
@@ -75,8 +82,9 @@ def structured_prune(weights: Mapping[str, Tensor], mask: Mask, level: int, rate
 
 @torch.no_grad()
 def nm_prune(weights: Mapping[str, Tensor], mask: Mask, rates_or_names: Mapping[str, float] | Iterable[str],
-             n: int, m: int) -> Mask:
-    """The N:M mask of each named layer: in every group of `m` inputs keep the `n` largest kept |w|.
+             n: int, m: int, scores: Mapping[str, Tensor] | None = None) -> Mask:
+    """The N:M mask of each named layer: in every group of `m` inputs keep the `n` largest kept |w| (or the
+    `n` highest per-weight `scores`, when given).
 
     Groups run along the flattened input dimension (in·kh·kw, contiguous in memory, as cuSPARSELt expects).
     Already-pruned weights never return, so applying it to an N:M mask changes nothing. Only the keys of a
@@ -90,7 +98,8 @@ def nm_prune(weights: Mapping[str, Tensor], mask: Mask, rates_or_names: Mapping[
         if old.dim() < 2 or old[0].numel() % m != 0:
             raise ValueError(f"{name}: N:M pruning needs an input size divisible by m={m}, but weight shape "
                              f"{tuple(old.shape)} has {old[0].numel() if old.dim() >= 2 else 'no'} inputs per row")
-        w = weights[name].detach().cpu().double().abs().reshape(old.shape[0], -1)
+        source = weights[name].abs() if scores is None else scores[name]
+        w = source.detach().cpu().double().reshape(old.shape[0], -1)
         score = torch.where(old.reshape(old.shape[0], -1), w, torch.tensor(float("-inf"), dtype=w.dtype))
         new[name] = nm_mask(score, n, m).view_as(old) & old
     return Mask(new)

@@ -44,6 +44,10 @@ HASH_EXCLUDED = ("name", "logger", "store", "progress_bar", "data.root", "data.d
 HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "model.gguf_file": None,  # one-shot: no GGUF file (issue 19)
     "calibration.corpus": "file",  # one-shot: calibrate on calibration.text (issue 19)
+    "pruning.score": "magnitude",  # issue 14: pruning scores; the four keys below only matter for other scores
+    "pruning.score_batches": 10,
+    "pruning.synflow_rounds": 100,
+    "pruning.prune_at": "auto",
 }
 
 

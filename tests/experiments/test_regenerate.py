@@ -198,3 +198,39 @@ def test_committed_h200_lth_lenet_renders_again_from_its_stored_results(tmp_path
     assert rendered.read_bytes() == (stored / "lth_lenet.csv").read_bytes()
     rows = _csv(rendered)
     assert {r["n"] for r in rows} == {"5"} and len({r["level"] for r in rows}) == 20
+
+
+def test_pai_runs_are_addressed_like_the_other_figures() -> None:
+    from experiments.figures.lth import specs as lth_specs
+    from experiments.figures.pai import LEVELS, METHODS, specs
+    from lottery.imp.plan import level_rounds
+
+    options = Options(seeds=2)
+    pai = {s.key: s for s in specs(options)}
+    assert len(pai) == 2 * (1 + (len(METHODS) - 1) * len(LEVELS))
+    # The IMP ticket of seed 1 is the lth_lenet run of seed 1 (a branch is not part of a run's folder).
+    lth = {s.key: s for s in lth_specs(["imp_lenet"], options)}
+    assert run_folder(compose_run(pai[("imp", None, 1)].overrides)) == run_folder(compose_run(lth[("imp_lenet", 1)].overrides))
+    for method in ("snip", "magnitude", "random"):
+        cfg = compose_run(pai[(method, 12, 0)].overrides)
+        assert level_rounds(cfg) == [1] and cfg.imp.levels == 12 and cfg.pruning.strategy == "global"
+
+
+@pytest.mark.slow
+def test_committed_h200_pai_renders_again_from_its_stored_results(tmp_path: Path, monkeypatch) -> None:
+    import tarfile
+
+    from helpers import REPO
+
+    stored = REPO / "experiments" / "figures" / "rendered" / "pai_h200"
+    with tarfile.open(stored / "run_metrics.tar.gz") as tar:
+        tar.extractall(tmp_path / "store", filter="data")
+    monkeypatch.setenv("LOTTERY_RUNS", str(tmp_path / "store"))
+    args = ["pai", "--no-run", "--out", str(tmp_path / "figures")]
+    for override in ("training.engine=batched", "trainer=gpu", "logger=none", "progress_bar=false",
+                     "training.iterations=8000"):
+        args += ["--set", override]
+    assert main(args) == 0
+    rendered = tmp_path / "figures" / "pai" / "pai.csv"
+    assert rendered.read_bytes() == (stored / "pai.csv").read_bytes()
+    assert {r["n"] for r in _csv(rendered)} == {"5"}
