@@ -22,7 +22,7 @@ PRUNING_STRATEGIES = ("layerwise", "global")
 REWIND_MODES = ("init", "iteration", "epoch", "lr", "finetune")
 STRUCTURED_PATTERNS = ("neurons", "filters", "channels")
 NORMS = ("l1", "l2")
-BRANCHES = ("random_reinit", "random_prune", "retrain")
+BRANCHES = ("random_reinit", "random_prune", "retrain", "instability")
 OPTIMIZERS = ("adam", "sgd")
 # How a level is trained: Lightning's Trainer; Lightning Fabric (same results, less per-step overhead); or
 # batched: every seed's level and control branch at once as vmapped replicates (lottery.imp.batched).
@@ -172,8 +172,10 @@ def register_configs() -> None:
         ("branch", BranchConfig),
     ]:
         cs.store(group=group, name=f"{group}_schema", node=node)
+    from lottery.imp.instability_schema import InstabilityConfig  # imports this module: keep it local
     from lottery.llm.schema import register_oneshot_configs  # imports this module: keep it local
 
+    cs.store(group="branch", name="instability_schema", node=InstabilityConfig)
     register_oneshot_configs()
 
 
@@ -323,7 +325,8 @@ def validate_imp(cfg: DictConfig) -> Steps:
         if cfg.branch.seed is not None and cfg.branch.seed == cfg.seed:
             raise ConfigError(f"branch.seed={cfg.branch.seed} equals seed; a control branch needs other randomness "
                               "than the ticket (leave branch.seed unset for seed + 1000)")
-        for level in cfg.branch.levels or []:
+        pruned_only = cfg.branch.name != "instability"  # instability also analyses the dense level 0
+        for level in (cfg.branch.levels or []) if pruned_only else []:
             if not 1 <= level <= cfg.imp.levels:
                 raise ConfigError(f"branch.levels entry {level} is not a pruned level (1..{cfg.imp.levels})")
     _rate("pruning.rate", cfg.pruning.rate)
@@ -347,4 +350,9 @@ def validate_imp(cfg: DictConfig) -> Steps:
         raise ConfigError(f"imp.rewind_to={cfg.imp.rewind_to!r}: with imp.rewind=epoch give a whole number of epochs")
     if cfg.data.val_size >= DATASETS[cfg.data.name].num_train:
         raise ConfigError(f"data.val_size={cfg.data.val_size} leaves no training examples")
-    return resolve_steps(cfg)
+    steps = resolve_steps(cfg)
+    if cfg.get("branch") is not None and cfg.branch.name == "instability":
+        from lottery.imp.instability_schema import validate_instability  # imports this module: keep it local
+
+        validate_instability(cfg, steps)
+    return steps

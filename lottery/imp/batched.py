@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 from lottery.data.vision import CROP_PADDING
 from lottery.errors import ConfigError
 from lottery.imp.branches import branch_levels, branch_plan
+from lottery.imp.instability import run_instability
 from lottery.imp.job import (
     Experiment,
     LevelPlan,
@@ -113,6 +114,10 @@ def run_batched(configs: Sequence[DictConfig]) -> list[dict[str, Any]]:
             members = [m for run in runs for m in _level_members(run, level)]
             if members:
                 _train_members(members, device)
+        if first.get("branch") is not None and first.branch.name == "instability":
+            for run, branch_rows in zip(runs, run_instability([r.exp for r in runs], _trainer(runs, device)),
+                                        strict=True):
+                run.branch_rows = branch_rows
         rows = []
         for run in runs:
             run_rows = run.level_rows + run.branch_rows
@@ -135,7 +140,7 @@ def _level_members(run: SeedRun, level: int) -> list[Member]:
         plan = plan_level(exp, level, run.mask, run.rates, run.output_name)
         run.mask = plan.mask
         plans.append(plan)
-    if cfg.get("branch") is not None and level in branch_levels(cfg):
+    if cfg.get("branch") is not None and cfg.branch.name != "instability" and level in branch_levels(cfg):
         if done is not None:  # the ticket's start weights are needed only here, and only read when they are
             ticket = (done, load_torch(exp.store.level(level) / "start.pt"), metrics["start_step"])
         else:
@@ -150,6 +155,17 @@ def _level_members(run: SeedRun, level: int) -> list[Member]:
         mask, start, spec = exp.begin(plan)
         members.append(Member(run, plan, mask, start, spec))
     return members
+
+
+def _trainer(runs: list[SeedRun], device: torch.device) -> Any:
+    """Train (experiment, plan) pairs of the instability branch as replicates, grouped like levels."""
+    by_exp = {id(run.exp): run for run in runs}
+
+    def train(pairs: list[tuple[Experiment, LevelPlan]]) -> None:
+        if pairs:
+            _train_members([Member(by_exp[id(exp)], plan, *exp.begin(plan)) for exp, plan in pairs], device)
+
+    return train
 
 
 def _train_members(members: list[Member], device: torch.device) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from lottery.data import DATASETS
 from lottery.errors import StoreError
+from lottery.imp.instability import run_instability
 from lottery.imp.report import summary_row
 from lottery.models import create_model
 from lottery.pruning import Mask
@@ -69,6 +70,8 @@ def branch_plan(exp: Any, level: int, ticket_mask: Mask, ticket_start: dict, sta
 
 def run_branch(exp: Any) -> list[dict[str, Any]]:
     """Train `exp.cfg.branch` beside every requested pruned level; return one summary row per level."""
+    if exp.cfg.branch.name == "instability":
+        return run_instability([exp], lambda pairs: [e.train(plan) for e, plan in pairs])[0]
     rows = []
     for level in branch_levels(exp.cfg):
         level_dir = exp.store.level(level)
