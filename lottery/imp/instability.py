@@ -30,7 +30,7 @@ import torch
 from lottery.analysis import linear_path
 from lottery.data.stream import EvalBatches
 from lottery.errors import StoreError
-from lottery.imp.instability_schema import copy_seeds, instability_levels, rewind_points
+from lottery.imp.instability_schema import copy_seeds, instability_levels, instability_tag, rewind_points
 from lottery.imp.job import Experiment, LevelPlan
 from lottery.imp.report import summary_row
 from lottery.models import create_model
@@ -57,7 +57,7 @@ class Analysis:
 
     @property
     def tag(self) -> str:
-        return f"instability_k{self.k}_s{self.seeds[0]}-{self.seeds[1]}"
+        return instability_tag(self.k, self.seeds)
 
     @property
     def folder(self) -> Path:
@@ -115,13 +115,15 @@ def run_instability(exps: Sequence[Experiment], train: Train) -> list[list[dict[
         _evaluate_path(a)
     rows = []
     for exp in exps:
-        results = [(a, load_json(a.folder / RESULT)) for a in analyses(exp)]
-        for a, result in results:
+        for a in analyses(exp):
             for s in a.seeds:  # the copies' own rows: their metrics.json is a level's
                 rows.append((exp, summary_row(exp.metrics(a.folder / f"copy_s{s}"), branch=f"{a.tag}/copy_s{s}")))
-        exp.store.save_json([r for _, r in results], exp.store.file("instability.json"))
+        # Every instability result of the run, also those of other commands (a multirun over k).
+        stored = [load_json(f) for f in sorted(exp.store.path.glob(f"level_*/branch_instability_*/{RESULT}"))]
+        stored.sort(key=lambda r: (r["level"], r["rewind_to"], r["seeds"]))
+        exp.store.save_json(stored, exp.store.file(RESULT))
         if exp.store.writer:
-            print(format_instability([r for _, r in results], f"Instability {exp.cfg.name} seed {exp.cfg.seed}"))
+            print(format_instability(stored, f"Instability {exp.cfg.name} seed {exp.cfg.seed} — {exp.store.path}"))
     return [[row for e, row in rows if e is exp] for exp in exps]
 
 

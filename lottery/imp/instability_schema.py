@@ -1,7 +1,7 @@
 """The config of `+branch=instability` and its checks (which need only the config and the run's steps).
 
     branch.rewind_to   k: "500", "500it", "2ep", or a list of them (one analysis per k)
-    branch.seeds       the two copies' data-order seeds; null: [seed + 1000, seed + 1001]
+    branch.seeds       the two copies' data-order seeds; null: [seed + 1000, seed + 2000]
     branch.points      interpolation points on the line between the two trained copies, endpoints included
     branch.levels      the IMP levels analysed (0 = the dense network); null: every level of the run
 """
@@ -36,9 +36,20 @@ def instability_levels(cfg: DictConfig) -> list[int]:
 def copy_seeds(cfg: DictConfig) -> tuple[int, int]:
     """The data-order seeds of the two copies."""
     if cfg.branch.seeds is None:
-        return cfg.seed + 1000, cfg.seed + 1001
+        return cfg.seed + 1000, cfg.seed + 2000
     a, b = (int(s) for s in cfg.branch.seeds)
     return a, b
+
+
+def instability_tag(k: int, seeds: tuple[int, int]) -> str:
+    """The folder suffix (and W&B tag) of one analysis: instability_k<k>_s<a>-<b>."""
+    return f"instability_k{k}_s{seeds[0]}-{seeds[1]}"
+
+
+def instability_folders(cfg: DictConfig, steps_per_epoch: int) -> list[str]:
+    """The branch folders of every (level, k) the config asks for, relative to the run folder."""
+    tags = [instability_tag(k, copy_seeds(cfg)) for k in rewind_points(cfg, steps_per_epoch)]
+    return [f"level_{level:02d}/branch_{tag}" for level in instability_levels(cfg) for tag in tags]
 
 
 def rewind_points(cfg: DictConfig, steps_per_epoch: int) -> list[int]:
@@ -62,7 +73,7 @@ def validate_instability(cfg: DictConfig, steps: Steps) -> None:
     b = cfg.branch
     if b.seed is not None:
         raise ConfigError(f"branch.seed={b.seed} is not used by branch=instability; set the two copies' data "
-                          "orders with branch.seeds=[a,b] (null: [seed + 1000, seed + 1001])")
+                          "orders with branch.seeds=[a,b] (null: [seed + 1000, seed + 2000])")
     if b.points < 2:
         raise ConfigError(f"branch.points={b.points} must be at least 2 (the two endpoints of the path)")
     if b.seeds is not None and (len(b.seeds) != 2 or b.seeds[0] == b.seeds[1]):
