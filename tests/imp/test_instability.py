@@ -136,3 +136,24 @@ def test_rewind_before_a_pruned_level_starts_is_rejected(tmp_path) -> None:
     assert problem is not None and "branch.rewind_to=10" in problem and "branch.levels=[0]" in problem
     assert precheck([*TINY, *BRANCH, "imp.rewind=iteration", "imp.rewind_to=20", "branch.rewind_to=10",
                      "branch.levels=[0]"]) is None
+
+
+@pytest.mark.slow
+def test_each_analysis_is_a_wandb_run_with_its_path(tmp_path, mnist_root) -> None:
+    import subprocess
+    import sys
+
+    cfg, _, path = _run(tmp_path, FABRIC, "logger=wandb", "branch.rewind_to=20", "branch.levels=[1]",
+                        "branch.points=3")
+    result = _json(path / "level_01" / "branch_instability_k20_s1000-2000" / "instability.json")
+    found = []
+    for run_dir in (path / "wandb").glob("offline-run-*"):
+        out = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(run_dir)],
+                             capture_output=True, text=True, timeout=120, check=True).stdout
+        records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        history = [r for r in records if r.get("type") == "history" or "path/test_error" in json.dumps(r)]
+        errors = [h for h in history if "path/test_error" in json.dumps(h)]
+        if errors:
+            found.append(run_dir)
+            assert len(errors) >= 3 and f"{result['barrier']}" in out
+    assert len(found) == 1
