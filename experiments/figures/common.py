@@ -18,7 +18,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lottery.imp.branches import branch_levels as imp_branch_levels
+from lottery.imp.instability_schema import instability_folders
 from lottery.imp.plan import level_rounds
+from lottery.imp.schema import resolve_steps
 from lottery.run import register_configs, validate
 from lottery.tracking import RunStore, load_json
 
@@ -90,6 +92,9 @@ def is_complete(cfg: DictConfig, path: Path) -> bool:
     if cfg.job == "oneshot":
         return (path / "results.json").exists()
     done = all((path / f"level_{lv:02d}" / "metrics.json").exists() for lv in imp_levels(cfg))
+    if cfg.get("branch") is not None and cfg.branch.name == "instability":
+        folders = instability_folders(cfg, resolve_steps(cfg).steps_per_epoch)
+        return done and all((path / folder / "instability.json").exists() for folder in folders)
     name = branch_dirname(cfg)
     return done and all((path / f"level_{lv:02d}" / name / "metrics.json").exists() for lv in branch_levels(cfg))
 

@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 from lottery.data.vision import CROP_PADDING
 from lottery.errors import ConfigError
 from lottery.imp.experiment import Experiment, LevelPlan, close_experiment, open_experiment, prepare
+from lottery.imp.instability import run_instability
 from lottery.imp.plan import LevelWork, level_rounds, level_work
 from lottery.models import create_model, prunable_names
 from lottery.pruning import Mask
@@ -107,6 +108,11 @@ def run_batched(configs: Sequence[DictConfig]) -> list[dict[str, Any]]:
                 ticket_rows, branch_rows = work.rows(run.exp)
                 run.level_rows += ticket_rows
                 run.branch_rows += branch_rows
+        if first.get("branch") is not None and first.branch.name == "instability":
+            # The analysis of finished levels: every copy of one k, across seeds and levels, as one group.
+            for run, branch_rows in zip(runs, run_instability([r.exp for r in runs], _trainer(runs, device)),
+                                        strict=True):
+                run.branch_rows = branch_rows
         rows = []
         for run in runs:
             run_rows = run.level_rows + run.branch_rows
@@ -120,6 +126,17 @@ def _level_work(run: SeedRun, level: int) -> LevelWork:
     work = level_work(run.exp, level, run.mask, run.rates, run.output_name)
     run.mask = work.mask
     return work
+
+
+def _trainer(runs: list[SeedRun], device: torch.device) -> Any:
+    """Train (experiment, plan) pairs of the instability analysis as replicates, grouped like levels."""
+    by_exp = {id(run.exp): run for run in runs}
+
+    def train(pairs: list[tuple[Experiment, LevelPlan]]) -> None:
+        if pairs:
+            _train_members([_member(by_exp[id(exp)], plan) for exp, plan in pairs], device)
+
+    return train
 
 
 def _member(run: SeedRun, plan: LevelPlan) -> Member:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,7 @@ class LevelPlan:
     finetune: bool = False
     compare_to: Mask | None = None  # the mask whose overlap with this one is recorded
     data_seed: int | None = None  # the data order's seed; None: the run's seed
+    end: int | None = None  # train only up to this iteration (an instability branch's θk); None: to the end
 
 
 @dataclass
@@ -124,6 +125,8 @@ class Experiment:
         mask = Mask(store.load_or_save(plan.folder / "mask.pt", plan.mask.state_dict))
         start = store.load_or_save(plan.folder / "start.pt", lambda: plan.start)
         spec = self.spec(plan.start_step)
+        if plan.end is not None:
+            spec = replace(spec, iterations=plan.end)
         if plan.finetune:
             spec = level_schedule(self.cfg.imp.rewind, spec)
         return mask, start, spec

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, open_dict
 
 from lottery.imp.batched import run_batched
 from lottery.imp.experiment import Experiment, close_experiment, open_experiment, prepare
+from lottery.imp.instability import run_instability
 from lottery.imp.plan import level_rounds, level_work
 from lottery.imp.schema import validate_imp
 from lottery.models import prunable_names
@@ -74,4 +75,6 @@ def train_levels(exp: Experiment, rates: dict[str, float | None], output_name: s
         ticket_rows, rows = work.rows(exp)
         level_rows += ticket_rows
         branch_rows += rows
+    if exp.cfg.get("branch") is not None and exp.cfg.branch.name == "instability":
+        branch_rows = run_instability([exp], lambda pairs: [e.train(plan) for e, plan in pairs])[0]
     return level_rows + branch_rows

@@ -17,6 +17,7 @@ from lottery.data import DATASETS
 from lottery.errors import StoreError
 from lottery.imp.branches import BRANCHES, Ticket, branch_levels, branch_seed, branch_tag
 from lottery.imp.experiment import Experiment, LevelPlan
+from lottery.imp.instability_schema import ANALYSES
 from lottery.imp.report import summary_row
 from lottery.imp.rewind import REWIND_MODES, level_start, unmasked_start
 from lottery.imp.scoring import at_init, score_mask
@@ -130,7 +131,8 @@ def level_work(exp: Experiment, level: int, previous: Mask, rates: dict[str, flo
         plan = plan_level(exp, level, previous, rates, output_name)
         work.mask = plan.mask
         work.plans.append(plan)
-    if cfg.get("branch") is None or level not in branch_levels(cfg.branch.levels, cfg.imp.levels, cfg.imp.oneshot):
+    if cfg.get("branch") is None or cfg.branch.name in ANALYSES \
+            or level not in branch_levels(cfg.branch.levels, cfg.imp.levels, cfg.imp.oneshot):
         return work
     if done is not None:  # the ticket's start weights are needed only here, and only read when they are
         of = ticket(exp, level, done, load_torch(store.level(level) / "start.pt"), metrics["start_step"])

@@ -15,6 +15,7 @@ from lottery.config import check_choice, check_positive
 from lottery.data import DATASETS
 from lottery.errors import ConfigError
 from lottery.imp.branches import BRANCHES
+from lottery.imp.instability_schema import ANALYSES, InstabilityConfig, validate_instability
 from lottery.imp.masks import PATTERNS, UNIT_PATTERNS
 from lottery.imp.rewind import REWIND_MODES
 from lottery.models import MODELS
@@ -121,6 +122,7 @@ def register_imp_configs(cs: ConfigStore) -> None:
         ("branch", BranchConfig),
     ]:
         cs.store(group=group, name=f"{group}_schema", node=node)
+    cs.store(group="branch", name="instability_schema", node=InstabilityConfig)
 
 
 def _rate(key: str, value: float) -> None:
@@ -209,11 +211,12 @@ def validate_imp(cfg: DictConfig) -> Steps:
         raise ConfigError(f"pruning.pattern={cfg.pruning.pattern} removes whole units per layer; "
                           "use pruning.strategy=layerwise (pruning=layerwise)")
     if cfg.get("branch") is not None:
-        check_choice("branch.name", cfg.branch.name, tuple(BRANCHES))
+        check_choice("branch.name", cfg.branch.name, (*BRANCHES, *ANALYSES))
         if cfg.branch.seed is not None and cfg.branch.seed == cfg.seed:
             raise ConfigError(f"branch.seed={cfg.branch.seed} equals seed; a control branch needs other randomness "
                               "than the ticket (leave branch.seed unset for seed + 1000)")
-        for level in cfg.branch.levels or []:
+        pruned_only = cfg.branch.name not in ANALYSES  # an analysis may also look at the dense level 0
+        for level in (cfg.branch.levels or []) if pruned_only else []:
             if not 1 <= level <= cfg.imp.levels:
                 raise ConfigError(f"branch.levels entry {level} is not a pruned level (1..{cfg.imp.levels})")
     p = cfg.pruning
@@ -240,4 +243,7 @@ def validate_imp(cfg: DictConfig) -> Steps:
         raise ConfigError(f"imp.rewind_to={cfg.imp.rewind_to!r}: with imp.rewind=epoch give a whole number of epochs")
     if cfg.data.val_size >= DATASETS[cfg.data.name].num_train:
         raise ConfigError(f"data.val_size={cfg.data.val_size} leaves no training examples")
-    return resolve_steps(cfg)
+    steps = resolve_steps(cfg)
+    if cfg.get("branch") is not None and cfg.branch.name == "instability":
+        validate_instability(cfg, steps)
+    return steps
