@@ -20,7 +20,7 @@ from lottery.schedule import parse_step
 JOBS = ("imp", "oneshot")
 PRUNING_STRATEGIES = ("layerwise", "global")
 REWIND_MODES = ("init", "iteration", "epoch", "lr", "finetune")
-STRUCTURED_PATTERNS = ("neurons", "filters", "channels")
+STRUCTURED_PATTERNS = ("neurons", "filters", "channels", "channel_groups")
 NORMS = ("l1", "l2")
 BRANCHES = ("random_reinit", "random_prune", "retrain")
 OPTIMIZERS = ("adam", "sgd")
@@ -90,7 +90,7 @@ class PruningConfig:
     output_rate: float | None = 0.1
     layer_rates: dict[str, float] = field(default_factory=dict)
     exclude: list[str] = field(default_factory=list)
-    pattern: str = "unstructured"  # unstructured | neurons | filters | channels | N:M (e.g. "2:4")
+    pattern: str = "unstructured"  # unstructured | neurons | filters | channels | channel_groups | N:M ("2:4")
     norm: str = "l1"  # unit score of structured patterns: l1 | l2
 
 

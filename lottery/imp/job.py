@@ -232,7 +232,8 @@ def prepare(cfg: DictConfig, tensors: dict[str, Any] | None = None
     model = create_model(cfg.model.name, seed=cfg.seed, init=cfg.model.init, input_shape=info.input_shape,
                          num_classes=info.num_classes)
     rates, output_name = _pruning_rates(cfg, model)
-    _check_pattern(model.state_dict(), Mask.ones(model, prunable_names(model)), rates, cfg.pruning, output_name)
+    _check_pattern(model.state_dict(), Mask.ones(model, prunable_names(model)), rates, cfg.pruning, output_name,
+                   model)
     return steps, datamodule, model, rates, output_name
 
 
@@ -276,10 +277,11 @@ def run_one(cfg: DictConfig) -> list[dict[str, Any]]:
     return rows
 
 
-def _check_pattern(weights: dict[str, Any], mask: Mask, rates: dict, p: DictConfig, output_name: str) -> None:
+def _check_pattern(weights: dict[str, Any], mask: Mask, rates: dict, p: DictConfig, output_name: str,
+                   model: Any = None) -> None:
     """Compute a first pruning step on θ0 so a pattern that cannot fit a layer fails before any training."""
     try:
-        next_mask(weights, mask, 1, rates, p.rate, p.pattern, p.norm, output_name, parse_nm(p.pattern))
+        next_mask(weights, mask, 1, rates, p.rate, p.pattern, p.norm, output_name, parse_nm(p.pattern), model)
     except ValueError as err:
         raise ConfigError(f"pruning.pattern={p.pattern}: {err}; leave such layers out with "
                           "pruning.exclude=[name]") from None
@@ -313,7 +315,7 @@ def plan_level(exp: Experiment, level: int, previous: Mask, rates: dict[str, flo
     trained = exp.final_state(store.level(level - 1))
     target_level = cfg.imp.levels if cfg.imp.oneshot else level
     mask = next_mask(trained, previous, target_level, rates, p.rate, p.pattern, p.norm, output_name,
-                     parse_nm(p.pattern))
+                     parse_nm(p.pattern), exp.model)
     rewind_state = None
     if cfg.imp.rewind in ("iteration", "epoch"):
         if exp.rewind_state is None:
