@@ -4,10 +4,14 @@ grouping; group scores against a per-member sum; group pruning is nested, schedu
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import REPO
 from torch import nn
 
 from lottery.errors import ConfigError, LotteryError
@@ -244,3 +248,40 @@ def test_unresolvable_coupling_names_the_layer(model: nn.Module, needle: str) ->
     assert needle in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(LotteryError, match="cannot resolve"):
         compact(model, {})
+
+
+def _cli(*args: str, cwd) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "lottery.run", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+RESNET_IMP = ["+exp=imp_lenet", "model=resnet20", "pruning=layerwise", "pruning.pattern=channel_groups",
+              "logger=none", "data.train_subset=256", "data.eval_subset=128", "progress_bar=false"]
+
+
+def test_cli_rate_that_empties_a_group_exits_2_in_one_line(tmp_path, mnist_root) -> None:
+    result = _cli(*RESNET_IMP, f"data.root={mnist_root}", "pruning.rate=0.99", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-1500:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "every channel of the group of conv" in lines[0], lines
+    assert not list((tmp_path / "runs").glob("imp_*")), "a bad command left a run folder behind"
+
+
+@pytest.mark.slow
+def test_cli_imp_channel_groups_masks_compact(tmp_path, mnist_root) -> None:
+    result = _cli(*RESNET_IMP, f"data.root={mnist_root}", "pruning.rate=0.5", "imp.levels=2",
+                  "training.iterations=4", "training.eval_every=2", "training.checkpoint_every=2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run,) = tmp_path.glob("runs/imp_*")
+    mask = Mask(torch.load(run / "level_02" / "mask.pt", weights_only=True))
+    model = ResNet(20, (16, 32, 64), (1, 28, 28), 10)
+    randomize_bn(model, 5)
+    mask.apply_(model)
+    model.eval()
+    small = compact(model, mask).eval()
+    assert small.conv.weight.shape[0] == kept_count(16, 0.5, 2)
+    assert small.head.weight.shape == (10, kept_count(64, 0.5, 2))
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        assert (model(x) - small(x)).abs().max().item() <= TOL
