@@ -11,15 +11,17 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import REPO
+from helpers import REPO, make_config
 from torch import nn
 
 from lottery.errors import ConfigError, LotteryError
+from lottery.imp.job import run as imp_run
 from lottery.imp.masks import next_mask
 from lottery.models import compact, create_model, prunable_names
 from lottery.models.resnet import ResNet
 from lottery.pruning import Mask, kept_count
 from lottery.pruning.groups import channel_groups, group_prune, group_scores, prune_channel_groups
+from lottery.tracking import RunStore, load_torch
 
 TOL = 1e-5
 
@@ -283,5 +285,26 @@ def test_cli_imp_channel_groups_masks_compact(tmp_path, mnist_root) -> None:
     assert small.conv.weight.shape[0] == kept_count(16, 0.5, 2)
     assert small.head.weight.shape == (10, kept_count(64, 0.5, 2))
     x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        assert (model(x) - small(x)).abs().max().item() <= TOL
+
+
+def test_imp_run_with_channel_groups_compacts(tmp_path) -> None:
+    """A one-level ResNet-20 IMP run on synthetic CIFAR: the level's trained weights and mask compact into a
+    smaller model with the masked model's outputs."""
+    cfg = make_config(["+exp=imp_resnet20", "imp.rewind_to=2", "pruning=layerwise", "pruning.pattern=channel_groups",
+                       "pruning.rate=0.5", "data=synthetic_cifar", "training.iterations=4", "training.batch_size=16",
+                       "training.eval_every=2", "training.checkpoint_every=1000", "imp.levels=1",
+                       "data.eval_subset=32", "logger=none", "progress_bar=false", f"store.root={tmp_path / 'runs'}"])
+    imp_run(cfg)
+    path = RunStore(cfg.store.root, cfg, prefix="imp").path
+    mask = Mask(load_torch(path / "level_01" / "mask.pt"))
+    model = create_model("resnet20", seed=0)
+    model.load_state_dict(load_torch(path / "level_01" / "final.pt"))
+    model.eval()
+    small = compact(model, mask).eval()
+    assert small.blocks[4].conv1.weight.shape[:2] == (16, 16)
+    assert small.head.weight.shape == (10, 32)
+    x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         assert (model(x) - small(x)).abs().max().item() <= TOL
