@@ -202,7 +202,8 @@ def prepare(cfg: DictConfig, tensors: dict[str, Any] | None = None
     model = create_model(cfg.model.name, seed=cfg.seed, init=cfg.model.init, input_shape=info.input_shape,
                          num_classes=info.num_classes)
     rates, output_name = pruning_rates(cfg, model)
-    check_pattern(model.state_dict(), Mask.ones(model, prunable_names(model)), rates, cfg.pruning, output_name)
+    check_pattern(model.state_dict(), Mask.ones(model, prunable_names(model)), rates, cfg.pruning, output_name,
+                  model)
     return steps, datamodule, model, rates, output_name
 
 
@@ -232,10 +233,12 @@ def close_experiment(exp: Experiment, rows: list[dict[str, Any]]) -> None:
                              f"— {exp.store.path}"))
 
 
-def check_pattern(weights: dict[str, Any], mask: Mask, rates: dict, p: DictConfig, output_name: str) -> None:
+def check_pattern(weights: dict[str, Any], mask: Mask, rates: dict, p: DictConfig, output_name: str,
+                  model: Any = None) -> None:
     """Compute a first pruning step on θ0 so a pattern that cannot fit a layer fails before any training."""
     try:
-        next_mask(weights, mask, 1, rates, p.rate, p.pattern, p.norm, output_name, parse_nm(p.pattern))
+        next_mask(weights, mask, 1, rates, p.rate, p.pattern, p.norm, output_name, parse_nm(p.pattern),
+                  model=model)
     except ValueError as err:
         raise ConfigError(f"pruning.pattern={p.pattern}: {err}; leave such layers out with "
                           "pruning.exclude=[name]") from None

@@ -75,7 +75,7 @@ class PruningConfig:
     output_rate: float | None = 0.1
     layer_rates: dict[str, float] = field(default_factory=dict)
     exclude: list[str] = field(default_factory=list)
-    pattern: str = "unstructured"  # unstructured | neurons | filters | channels | N:M (e.g. "2:4")
+    pattern: str = "unstructured"  # unstructured | neurons | filters | channels | channel_groups | N:M ("2:4")
     norm: str = "l1"  # unit score of structured patterns: l1 | l2
     # Per-weight score (lottery.pruning.scores.SCORES): magnitude | taylor1 | obd | snip | grasp | synflow | random
     score: str = "magnitude"

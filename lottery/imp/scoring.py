@@ -38,7 +38,8 @@ def score_mask(cfg: DictConfig, model: nn.Module, source: Mapping[str, torch.Ten
     nm = parse_nm(p.pattern)
     score = p.get("score", "magnitude")
     if score == "magnitude":
-        return next_mask(source, previous, target_level, rates, p.rate, p.pattern, p.norm, output_name, nm)
+        return next_mask(source, previous, target_level, rates, p.rate, p.pattern, p.norm, output_name, nm,
+                         model=model)
 
     def allocate(scores: Mapping[str, torch.Tensor], fraction: float) -> Mask:
         level = start_level + (target_level - start_level) * fraction

@@ -12,7 +12,16 @@ nn.Linear / nn.Conv2d / nn.BatchNorm2d) whose eval-mode outputs equal those of t
   padded map, so it is removed only when c == 0 and kept otherwise.
 
 Output units (classes) are never removed, and pruned weights inside kept units stay zero: compaction removes
-only whole units. Supported: LeNet, Conv-2/4/6, VGG; residual networks raise ValueError.
+only whole units.
+
+LeNet, Conv-2/4/6 and VGG are chains and take the path above. Every other model (ResNet, or any model built from
+Conv2d / Linear / BatchNorm, residual additions and element-wise ops) is traced into channel groups
+(`lottery.pruning.groups`): a channel of a group is removed when it is dead, i.e. every consumer in the group
+reads it only through pruned weights, so it never reaches the output; producers' rows, BatchNorm entries and
+consumers' columns of that channel go together. Constant channels are not folded on this path (in a residual
+stream a constant would have to be carried through every later addition), so a group pruned only at its
+producers keeps its width; `group_prune` prunes both sides and is always fully exportable. A model whose
+coupling cannot be traced raises LotteryError naming the layer.
 """
 
 from __future__ import annotations
@@ -26,10 +35,8 @@ from torch import nn
 
 from lottery.models.conv import ConvNet
 from lottery.models.lenet import LeNet
-from lottery.models.resnet import ResNet
 from lottery.models.vgg import VGG
-
-SUPPORTED = "LeNet (lenet_300_100), ConvNet (conv2/conv4/conv6) and VGG (vgg16)"
+from lottery.pruning.groups import ChannelGroup, channel_groups
 
 
 @dataclass(frozen=True)
@@ -82,12 +89,6 @@ class _Plan:
 
 def _chain(model: nn.Module) -> list[tuple[str, str | None]]:
     """The model's weight layers in forward order, each with its BatchNorm (or None)."""
-    if isinstance(model, ResNet):
-        raise ValueError(
-            "compact() does not support ResNet: residual connections add the outputs of several layers, so a "
-            "channel could only be removed jointly from every layer that shares it (one channel set per stage); "
-            f"that is not implemented. Supported models: {SUPPORTED}"
-        )
     if isinstance(model, LeNet):
         return [(f"layers.{i}", None) for i in range(len(model.layers))] + [("head", None)]
     if isinstance(model, ConvNet):
@@ -95,7 +96,7 @@ def _chain(model: nn.Module) -> list[tuple[str, str | None]]:
         return convs + [(f"fcs.{i}", None) for i in range(len(model.fcs))] + [("head", None)]
     if isinstance(model, VGG):
         return [(f"convs.{i}", f"bns.{i}") for i in range(len(model.convs))] + [("head", None)]
-    raise ValueError(f"compact() does not support {type(model).__name__}; supported models: {SUPPORTED}")
+    raise TypeError(f"{type(model).__name__} is not a chain model; compact() traces it into channel groups")
 
 
 def _layers(model: nn.Module, mask: Mapping[str, torch.Tensor]) -> list[_Layer]:
@@ -209,7 +210,10 @@ def _plan(model: nn.Module, mask: Mapping[str, torch.Tensor]) -> _Plan:
 
 
 def compact_summary(model: nn.Module, mask: Mapping[str, torch.Tensor]) -> CompactSummary:
-    """Predict what `compact(model, mask)` removes (units per layer, parameters) without building it."""
+    """Predict what `compact(model, mask)` removes (units per layer, parameters); chain models without building
+    it, traced (residual) models by building the compact copy."""
+    if not isinstance(model, LeNet | ConvNet | VGG):
+        return _compact_groups(model, mask).compact_summary
     return _plan(model, mask).summary
 
 
@@ -240,8 +244,8 @@ def _shrink(layer: _Layer, keep: torch.Tensor, in_keep: torch.Tensor, inert: tor
 
 
 @torch.no_grad()
-def _shrink_bn(old: nn.BatchNorm2d, keep: torch.Tensor) -> nn.BatchNorm2d:
-    new = nn.BatchNorm2d(len(keep), old.eps, old.momentum, old.affine, old.track_running_stats,
+def _shrink_bn(old: nn.BatchNorm1d | nn.BatchNorm2d, keep: torch.Tensor) -> nn.Module:
+    new = type(old)(len(keep), old.eps, old.momentum, old.affine, old.track_running_stats,
                          device=old.running_mean.device if old.running_mean is not None else None)
     for name in ("weight", "bias", "running_mean", "running_var"):
         if getattr(old, name) is not None:
@@ -258,8 +262,11 @@ def compact(model: nn.Module, mask: Mapping[str, torch.Tensor]) -> nn.Module:
     `mask` maps weight names to boolean keep-masks (a `lottery.pruning.Mask`); weights it does not name are
     treated as fully kept. The copy has the same class and module names; its `compact_summary` attribute (a
     `CompactSummary`) gives the units removed per layer and the parameters before and after. Raises
-    ValueError for models that are not plain chains of layers (e.g. ResNet).
+    ValueError for a mask that does not fit the model, LotteryError for a model whose channel coupling cannot
+    be traced (the message names the layer).
     """
+    if not isinstance(model, LeNet | ConvNet | VGG):
+        return _compact_groups(model, mask)
     plan = _plan(model, mask)
     out = copy.deepcopy(model)
     for layer, keep, in_keep, inert, delta in zip(plan.layers, plan.keep, plan.in_keep, plan.inert,
@@ -268,4 +275,59 @@ def compact(model: nn.Module, mask: Mapping[str, torch.Tensor]) -> nn.Module:
         if layer.bn is not None:
             _set_submodule(out, layer.bn, _shrink_bn(model.get_submodule(layer.bn), keep))
     out.compact_summary = plan.summary
+    return out
+
+
+def _group_keep(model: nn.Module, mask: Mapping[str, torch.Tensor], group: ChannelGroup) -> torch.Tensor:
+    """Indices of a group's channels that some consumer still reads through a kept weight (at least one)."""
+    alive = torch.zeros(group.size, dtype=torch.bool)
+    for layer, _ in group.consumers:
+        keep = mask.get(f"{layer}.weight")
+        if keep is None:
+            return torch.arange(group.size)
+        weight = model.get_submodule(layer).weight
+        if keep.shape != weight.shape:
+            raise ValueError(f"mask[{layer}.weight] has shape {tuple(keep.shape)}, the weight {tuple(weight.shape)}")
+        alive |= keep.to(torch.bool).cpu().reshape(weight.shape[0], group.size, -1).any(dim=2).any(dim=0)
+    if not alive.any():
+        # Zero-width layers are not valid modules: keep channel 0; its consumers' columns are all pruned.
+        alive[0] = True
+    return alive.nonzero().flatten()
+
+
+@torch.no_grad()
+def _compact_groups(model: nn.Module, mask: Mapping[str, torch.Tensor]) -> nn.Module:
+    groups = channel_groups(model)
+    out_keep: dict[str, torch.Tensor] = {}
+    in_keep: dict[str, tuple[torch.Tensor, int]] = {}
+    norm_keep: dict[str, torch.Tensor] = {}
+    stats = []
+    for group in groups:
+        keep = _group_keep(model, mask, group) if group.prunable else torch.arange(group.size)
+        for name in group.producers:
+            out_keep[name] = keep
+        for name in group.norms:
+            norm_keep[name] = keep
+        for name, _ in group.consumers:
+            in_keep[name] = (keep, group.size)
+        if group.prunable:
+            removed = group.size - len(keep)
+            stats.append(LayerCompaction(group.producers[0], group.size, len(keep), removed, 0, 0))
+    out = copy.deepcopy(model)
+    for name in dict.fromkeys([*out_keep, *in_keep]):
+        old = model.get_submodule(name)
+        keep = mask.get(f"{name}.weight")
+        keep = torch.ones_like(old.weight, dtype=torch.bool) if keep is None else keep.to(torch.bool)
+        if keep.shape != old.weight.shape:
+            raise ValueError(f"mask[{name}.weight] has shape {tuple(keep.shape)}, the weight "
+                             f"{tuple(old.weight.shape)}")
+        rows = out_keep.get(name, torch.arange(old.weight.shape[0]))
+        cols, size = in_keep.get(name, (torch.arange(old.weight.shape[1]), old.weight.shape[1]))
+        mask3 = keep.cpu().reshape(old.weight.shape[0], size, -1)
+        no_inert = torch.zeros(0, dtype=torch.long)
+        no_delta = torch.zeros(old.weight.shape[0], dtype=torch.float64)
+        _set_submodule(out, name, _shrink(_Layer(name, old, None, mask3), rows, cols, no_inert, no_delta))
+    for name, keep in norm_keep.items():
+        _set_submodule(out, name, _shrink_bn(model.get_submodule(name), keep))
+    out.compact_summary = CompactSummary(tuple(stats), _param_count(model), _param_count(out))
     return out

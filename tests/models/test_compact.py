@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from lottery.errors import LotteryError
 from lottery.models import MODELS, compact, compact_summary, create_model, prunable_names
 from lottery.models.conv import ConvNet
 from lottery.models.lenet import LeNet
@@ -180,12 +181,25 @@ def test_dense_mask_changes_nothing() -> None:
         assert torch.equal(model(x), small(x))
 
 
-def test_resnet_and_unknown_models_raise() -> None:
-    resnet = MODELS["resnet20"]()
-    with pytest.raises(ValueError, match="residual"):
-        compact(resnet, Mask.ones(resnet, prunable_names(resnet)))
-    with pytest.raises(ValueError, match="supported models"):
-        compact(nn.Sequential(nn.Linear(3, 3)), {})
+def test_resnet_with_a_full_mask_is_unchanged_and_untraceable_models_raise() -> None:
+    """ResNets go through channel groups (tests/pruning/test_groups.py); a full mask removes nothing."""
+    resnet = MODELS["resnet20"]().eval()
+    small = compact(resnet, Mask.ones(resnet, prunable_names(resnet)))
+    assert n_params(small) == n_params(resnet)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(resnet(x), small(x))
+
+    class Reshaping(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x).view(-1, 2, 2)
+
+    with pytest.raises(LotteryError, match="cannot resolve the channel coupling.*view"):
+        compact(Reshaping(), {})
 
 
 def test_mask_shape_mismatch_raises() -> None:
