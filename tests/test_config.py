@@ -17,12 +17,22 @@ EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "exp").glob("*.yaml"))
 def test_every_experiment_composes(exp: str) -> None:
     cfg = make_config([f"+exp={exp}"])
     assert cfg.name == exp
+    # Without an optional data package the experiment must stop with the one line that says how to install it.
+    if str(cfg.get("model", {}).get("name_or_path", "")).startswith("pkg:") and not _package_here(cfg):
+        with pytest.raises(ConfigError, match="is not installed"):
+            validate(cfg)
+        return
     if cfg.get("calibration") is not None and cfg.calibration.get("corpus") == "janeausten" and not _corpus_here():
-        # Without the optional corpus the experiment must stop with the one line that says how to install it.
         with pytest.raises(ConfigError, match="r-cran-janeaustenr"):
             validate(cfg)
         return
     validate(cfg)
+
+
+def _package_here(cfg) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(cfg.model.name_or_path[len("pkg:"):].split("/")[0]) is not None
 
 
 def _corpus_here() -> bool:
