@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import SHARED_DATA
 
 
@@ -31,3 +33,12 @@ def mnist_root() -> Path:
     if not (SHARED_DATA / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
         pytest.skip(f"MNIST not found under {SHARED_DATA} (set LOTTERY_TEST_DATA)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Two threads on a loaded 2-core machine make tiny ops erratic (and bitwise pins thread-dependent)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
