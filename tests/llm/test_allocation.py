@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -245,3 +246,27 @@ def test_cli_exits_2_with_one_line(tmp_path: Path, tiny_folder: Path, args: list
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: prune."), proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow  # 6 tiny variants and the figure: ~17 s on the loaded 2-core machine
+def test_owl_figure_renders_the_stored_runs(tmp_path: Path, tiny_folder: Path) -> None:
+    """`python -m experiments.regenerate owl` end to end, on the tiny Llama instead of SmolLM2 (Wanda only)."""
+    from experiments.regenerate import main
+
+    sets = [f"model.name_or_path={tiny_folder}", "model.gguf_file=null", "model.device=cpu", "prune.method=[wanda]",
+            "prune.owl_m=2", *FAST]
+    assert main(["owl", *[a for s in sets for a in ("--set", s)]]) == 0
+    out = tmp_path / "figures" / "owl"
+    assert (out / "owl.png").stat().st_size > 0 and (out / "owl.pdf").exists()
+    rows = list(csv.DictReader((out / "owl.csv").open()))
+    assert [(r["method"], r["sparsity_target"], r["allocation"]) for r in rows] == [("dense", "0.0", "-")] + [
+        ("wanda", s, a) for s in ("0.6", "0.7") for a in ("uniform", "linear", "owl")]
+    blocks = list(csv.DictReader((out / "owl_blocks.csv").open()))
+    assert len(blocks) == 2 * 2 * 4 and all(b["outlier_ratio"] for b in blocks if b["allocation"] == "owl")
+    for s in (0.6, 0.7):  # each plotted allocation keeps its target on average (the blocks are the same size)
+        for a in ("linear", "owl"):
+            mine = [float(b["block_sparsity"]) for b in blocks if float(b["sparsity_target"]) == s and b["allocation"] == a]
+            assert sum(mine) / 4 == pytest.approx(s, abs=1e-9)
+    table = (out / "owl.md").read_text()
+    assert "| Wanda | 60% |" in table and "| Wanda | 70% |" in table and "OWL − uniform" in table
+    assert main(["owl", "--no-run", *[a for s in sets for a in ("--set", s)]]) == 0  # read-only re-render
