@@ -59,8 +59,8 @@ def rows_of(runs: dict[tuple[Any, ...], Run]) -> list[dict[str, Any]]:
     return rows
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
-    """Method | Sparsity | uniform | linear | OWL | OWL - uniform."""
+def markdown(rows: list[dict[str, Any]], settings: str = "") -> str:
+    """Method | Sparsity | uniform | linear | OWL | OWL - uniform; `settings` names owl_m and owl_lambda."""
     dense = rows[0]
     value = {(r["method"], r["sparsity_target"], r["allocation"]): r["value"] for r in rows[1:]}
     head = " | ".join(ALLOCATION_LABELS[a] for a in ALLOCATIONS)
@@ -75,8 +75,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             gain = f"{owl - uniform:+.2f}" if owl is not None and uniform is not None else "-"
             shown = " | ".join("-" if c is None else f"{c:.2f}" for c in cells)
             lines.append(f"| {LABELS[method]} | {100 * s:g}% | {shown} | {gain} |")
-    caption = (f"{dense['model']}: {dense['metric']} after one-shot unstructured pruning (lower is better); "
-               "OWL: owl_m and owl_lambda as configured in the runs")
+    caption = f"{dense['model']}: {dense['metric']} after one-shot unstructured pruning (lower is better)"
+    if settings:
+        caption += f"; {settings}"
     if dense.get("calibration"):
         caption += "; calibration: " + dense["calibration"]
     return caption + "\n\n" + "\n".join(lines) + "\n"
@@ -108,11 +109,12 @@ def draw(runs: dict[tuple[Any, ...], Run], options: Options, out: Path) -> list[
         left.bar([b["block"] for b in first], [100 * b["outlier_ratio"] for b in first], color="tab:purple")
     left.set(xlabel="block", ylabel="outlier ratio D (%)", title="OWL's outlier ratio per block (dense model)")
     left.grid(alpha=0.3)
-    for (s, allocation), style in [((s, a), st) for s in SPARSITIES for a, st in (("owl", "-o"), ("linear", "--"))]:
-        mine = [b for b in blocks if b["sparsity_target"] == s and b["allocation"] == allocation]
-        if mine:
-            right.plot([b["block"] for b in mine], [100 * b["block_sparsity"] for b in mine], style, markersize=3,
-                       label=f"{ALLOCATION_LABELS[allocation]}, target {100 * s:g}%")
+    for k, s in enumerate(SPARSITIES):  # one colour per target: OWL solid, linear dashed
+        for allocation, style in (("owl", "-o"), ("linear", "--")):
+            mine = [b for b in blocks if b["sparsity_target"] == s and b["allocation"] == allocation]
+            if mine:
+                right.plot([b["block"] for b in mine], [100 * b["block_sparsity"] for b in mine], style, color=f"C{k}",
+                           markersize=3, label=f"{ALLOCATION_LABELS[allocation]}, target {100 * s:g}%")
     for s in SPARSITIES:
         right.axhline(100 * s, color="gray", linewidth=0.8, linestyle=":")
     right.set(xlabel="block", ylabel="block sparsity (%)", title="per-block sparsity chosen")
@@ -120,7 +122,8 @@ def draw(runs: dict[tuple[Any, ...], Run], options: Options, out: Path) -> list[
     right.legend(fontsize=7)
     paths = [*save_figure(fig, out, NAME), write_csv(rows, COLUMNS, out / f"{NAME}.csv"),
              write_csv(blocks, BLOCK_COLUMNS, out / f"{NAME}_blocks.csv")]
-    save_text(markdown(rows), out / f"{NAME}.md")
+    settings = sorted({f"owl_m={r.cfg.prune.owl_m:g}, owl_lambda={r.cfg.prune.owl_lambda:g}" for r in runs.values()})
+    save_text(markdown(rows, " / ".join(settings)), out / f"{NAME}.md")
     return [*paths, out / f"{NAME}.md"]
 
 
