@@ -6,7 +6,9 @@
 
 Run folder `oneshot_<hash>/`: config.yaml, `<method>_<pattern>/model/` (safetensors + masks.safetensors +
 prune_report.json), `<method>_<pattern>/result.json` (written last: marks the variant done), results.json.
-The dense model's score is cached in `dense_<hash>/` (keyed by model and evaluation only), a trained charlm in
+A non-uniform allocation (`prune.allocation=owl|linear`) adds a suffix: `wanda_unstructured_owl/`.
+The dense model's score is cached in `dense_<hash>/` (keyed by model and evaluation only), OWL's outlier ratios
+in `owl_<hash>/` (keyed by model, calibration, owl_m and the pruned layers), a trained charlm in
 `charlm_<hash>/`. A rerun skips finished variants.
 """
 
@@ -25,6 +27,7 @@ from torch import nn
 
 from lottery.errors import ConfigError, LotteryError
 from lottery.llm.adapters import find_blocks, find_layers, get_weight
+from lottery.llm.allocation import allocate, check_range
 from lottery.llm.calibration import (
     calibration_text,
     load_text,
@@ -34,8 +37,9 @@ from lottery.llm.calibration import (
 )
 from lottery.llm.checkpoint import save_pruned
 from lottery.llm.experts import unfused_experts
+from lottery.llm.outliers import BlockOutliers, block_sizes, outlier_ratios
 from lottery.llm.perplexity import perplexity
-from lottery.llm.schema import as_list, parse_pattern, resolve_model_path, validate_oneshot
+from lottery.llm.schema import allocations, as_list, parse_pattern, resolve_model_path, validate_oneshot
 from lottery.llm.sequential import prune_model
 from lottery.llm.sources import gguf_model_folder
 from lottery.tracking import RunStore, load_json, load_torch, save_json, save_torch
@@ -61,6 +65,21 @@ class Subject:
 
 def _pattern_dirname(pattern: str) -> str:
     return str(pattern).replace(":", "of")
+
+
+def variant_dirname(method: str, pattern: str, allocation: str = "uniform") -> str:
+    """`<method>_<pattern>` (uniform keeps the name it always had), else `<method>_<pattern>_<allocation>`."""
+    base = f"{method}_{_pattern_dirname(pattern)}"
+    return base if allocation == "uniform" else f"{base}_{allocation}"
+
+
+def variants(methods: list[str], patterns: list[str], allocs: list[str]) -> list[tuple[str, str, str]]:
+    """(method, pattern, allocation) of every variant: N:M patterns are uniform by definition, so run only uniform."""
+    out = []
+    for pattern in patterns:
+        mine = allocs if pattern == "unstructured" else [a for a in allocs if a == "uniform"]
+        out += [(method, pattern, allocation) for method in methods for allocation in mine]
+    return out
 
 
 def _device(cfg: DictConfig) -> torch.device:
@@ -266,10 +285,53 @@ def dense_score(cfg: DictConfig, subject: Subject) -> dict[str, Any]:
         return result
 
 
-def prune_variant(cfg: DictConfig, subject: Subject, method: str, pattern: str, folder: Path) -> dict[str, Any]:
-    """Prune one (method, pattern) into `folder` unless it is done; return its result record."""
+def owl_outliers(cfg: DictConfig, subject: Subject) -> BlockOutliers:
+    """OWL's per-block outlier ratios of the dense model (a dense pre-pass), cached in `owl_<hash>/ratios.json`."""
+    p = cfg.prune
+    key = {"dense": subject.dense_key, "calibration": OmegaConf.to_container(cfg.calibration, resolve=True),
+           "include": list(p.include), "exclude": list(p.exclude), "owl_m": float(p.owl_m)}
+    with RunStore(cfg.store.root, OmegaConf.create(key), prefix="owl") as cache:
+        file = cache.file("ratios.json")
+        if file.exists():
+            found = load_json(file)
+            return BlockOutliers(found["ratios"], found["sizes"])
+        began = time.perf_counter()
+        found = outlier_ratios(subject.load(), subject.calib_ids, float(p.owl_m), include=list(p.include) or None,
+                               exclude=list(p.exclude) or None, device=_device(cfg), progress=cfg.progress_bar)
+        save_json({"ratios": found.ratios, "sizes": found.sizes, "owl_m": float(p.owl_m),
+                   "seconds": time.perf_counter() - began}, file)
+        return found
+
+
+def plan_allocations(cfg: DictConfig, subject: Subject, probe: nn.Module, allocs: list[str],
+                     patterns: list[str]) -> dict[str, dict[str, Any]]:
+    """Per non-uniform allocation: its block sparsities (and OWL's outlier ratios). ConfigError, before any run
+    folder exists, if one would leave [0, 1) (nothing is clipped)."""
+    wanted = [a for a in allocs if a != "uniform"] if "unstructured" in patterns else []
+    if not wanted:
+        return {}
+    p = cfg.prune
+    sizes = block_sizes(probe, list(p.include) or None, list(p.exclude) or None)
+    ratios = owl_outliers(cfg, subject).ratios if "owl" in wanted else None
+    plans = {}
+    for allocation in wanted:
+        block_sparsity = allocate(allocation, float(p.sparsity), float(p.owl_lambda), sizes, ratios)
+        try:
+            check_range(block_sparsity, allocation, float(p.owl_lambda))
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        plans[allocation] = {"block_sparsity": block_sparsity,
+                             "outlier_ratios": ratios if allocation == "owl" else None}
+    return plans
+
+
+def prune_variant(cfg: DictConfig, subject: Subject, method: str, pattern: str, folder: Path,
+                  allocation: str = "uniform", plan: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Prune one (method, pattern, allocation) into `folder` unless it is done; return its result record.
+
+    `plan` (non-uniform allocations) holds the block sparsities to prune to, from `plan_allocations`."""
     if (folder / "result.json").exists():
-        log.info("%s %s already done; skipping", method, pattern)
+        log.info("%s %s %s already done; skipping", method, pattern, allocation)
         return load_json(folder / "result.json")
     p = cfg.prune
     n, m = parse_pattern(str(pattern)) or (0, 0)  # prune_model's n = m = 0: unstructured
@@ -278,7 +340,8 @@ def prune_variant(cfg: DictConfig, subject: Subject, method: str, pattern: str, 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     began = time.perf_counter()
-    report = prune_model(model, method, p.sparsity, subject.calib_ids, n=n, m=m, blocksize=p.blocksize,
+    sparsity = plan["block_sparsity"] if plan else p.sparsity  # uniform: one float, exactly as before
+    report = prune_model(model, method, sparsity, subject.calib_ids, n=n, m=m, blocksize=p.blocksize,
                          percdamp=p.percdamp, per_row=p.per_row, true_sequential=p.true_sequential,
                          include=list(p.include) or None, exclude=list(p.exclude) or None, device=device,
                          devices=list(p.get("devices") or []) or None, progress=cfg.progress_bar)
@@ -292,7 +355,8 @@ def prune_variant(cfg: DictConfig, subject: Subject, method: str, pattern: str, 
     result = {"method": method, "pattern": str(pattern), "sparsity_target": p.sparsity if not m else 1 - n / m,
               "total_sparsity": summary["total_sparsity"], "nm_valid": summary["nm_valid"],
               subject.metric: score, "prune_seconds": prune_seconds, "eval_seconds": eval_seconds,
-              "peak_gpu_bytes": peak, "layers": summary["layers"]}
+              "peak_gpu_bytes": peak, "allocation": allocation, "block_sparsity": summary["block_sparsity"],
+              "outlier_ratios": plan.get("outlier_ratios") if plan else None, "layers": summary["layers"]}
     save_json(result, folder / "result.json")
     return result
 
@@ -300,12 +364,16 @@ def prune_variant(cfg: DictConfig, subject: Subject, method: str, pattern: str, 
 def format_table(rows: list[dict[str, Any]], dense: dict[str, Any], metric: str, title: str) -> str:
     """The console summary: one line per variant."""
     label = "ppl" if metric == "perplexity" else "cosine"
-    head = (f"{'method':<10} {'pattern':<12} {'sparsity':>8} {label + ' dense':>12} {label + ' pruned':>12} "
+    # The allocation column appears once a run has a non-uniform allocation (older tables keep their layout).
+    shown = any(r.get("allocation", "uniform") != "uniform" for r in rows)
+    alloc = f"{'allocation':<10} " if shown else ""
+    head = (f"{'method':<10} {'pattern':<12} {alloc}{'sparsity':>8} {label + ' dense':>12} {label + ' pruned':>12} "
             f"{'N:M ok':>6} {'time s':>8}")
     lines = [title, head, "-" * len(head)]
     for r in rows:
         nm = "-" if r["nm_valid"] is None else ("yes" if r["nm_valid"] else "NO")
-        lines.append(f"{r['method']:<10} {r['pattern']:<12} {100 * r['total_sparsity']:>7.2f}% "
+        alloc = f"{r.get('allocation', 'uniform'):<10} " if shown else ""
+        lines.append(f"{r['method']:<10} {r['pattern']:<12} {alloc}{100 * r['total_sparsity']:>7.2f}% "
                      f"{dense[metric]:>12.4f} {r[metric]:>12.4f} {nm:>6} {r['prune_seconds']:>8.1f}")
     return "\n".join(lines)
 
@@ -323,11 +391,12 @@ def _log_wandb(cfg: DictConfig, store: RunStore, dense: dict[str, Any], rows: li
                      settings=wandb.Settings(console="off", silent=True, init_timeout=90))
     run.summary[f"dense/{metric}"] = dense[metric]
     for r in rows:
-        tag = f"{r['method']}_{_pattern_dirname(r['pattern'])}"
+        tag = variant_dirname(r["method"], r["pattern"], r.get("allocation", "uniform"))
         run.summary.update({f"{tag}/{metric}": r[metric], f"{tag}/total_sparsity": r["total_sparsity"],
                             f"{tag}/prune_seconds": r["prune_seconds"]})
-    columns = ["method", "pattern", "total_sparsity", "nm_valid", metric, "prune_seconds"]
-    results = wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])
+    columns = ["method", "pattern", "allocation", "total_sparsity", "nm_valid", metric, "prune_seconds"]
+    results = wandb.Table(columns=columns, data=[[r.get(c, "uniform" if c == "allocation" else None) for c in columns]
+                                                 for r in rows])
     layer_columns = ["method", "pattern", "layer", "d_out", "d_in", "sparsity", "rel_error", "nm_valid"]
     layers = wandb.Table(columns=layer_columns, data=[
         [r["method"], r["pattern"], lr["name"], lr["shape"][0], lr["shape"][1], lr["sparsity"], lr["rel_error"],
@@ -340,6 +409,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     """Run (or resume) the one-shot pruning experiment of `cfg`; returns one record per variant."""
     validate_oneshot(cfg)
     methods, patterns = [str(x) for x in as_list(cfg.prune.method)], [str(x) for x in as_list(cfg.prune.pattern)]
+    allocs = allocations(cfg.prune)
     try:
         subject = build_subject(cfg)
         probe = subject.load()
@@ -348,17 +418,19 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
         if isinstance(err, LotteryError):
             raise
         raise ConfigError(f"{type(err).__name__}: {err}") from None
-    del probe
     if subject.calibration:
         print(f"calibration: {subject.calibration}", flush=True)
+    if any(a != "uniform" for a in allocs) and any(p != "unstructured" for p in patterns):
+        print("note: N:M patterns are uniform by definition; they run only prune.allocation=uniform", flush=True)
+    plans = plan_allocations(cfg, subject, probe, allocs, patterns)
+    del probe
     dense = dense_score(cfg, subject)
     rows = []
     with RunStore(cfg.store.root, cfg, prefix="oneshot") as store:
         log.info("Run folder: %s", store.path)
-        for pattern in patterns:
-            for method in methods:
-                folder = store.file(f"{method}_{_pattern_dirname(pattern)}")
-                rows.append(prune_variant(cfg, subject, method, pattern, folder))
+        for method, pattern, allocation in variants(methods, patterns, allocs):
+            folder = store.file(variant_dirname(method, pattern, allocation))
+            rows.append(prune_variant(cfg, subject, method, pattern, folder, allocation, plans.get(allocation)))
         brief = [{k: v for k, v in r.items() if k != "layers"} for r in rows]
         save_json({"dense": dense, "metric": subject.metric, "calibration": subject.calibration, "results": brief},
                   store.file("results.json"))

@@ -29,6 +29,7 @@ class PruneReport:
     n: int = 0
     m: int = 0
     layers: list[LayerReport] = field(default_factory=list)
+    block_sparsity: list[float] = field(default_factory=list)  # the sparsity asked of each block
     masks: dict[str, Tensor] = field(default_factory=dict)  # "<layer>.weight" -> keep-mask, weight layout
 
     @property
@@ -46,6 +47,6 @@ class PruneReport:
         """JSON-ready summary (masks left out)."""
         return {
             "method": self.method, "sparsity": self.sparsity, "n": self.n, "m": self.m,
-            "total_sparsity": self.total_sparsity, "nm_valid": self.nm_valid,
+            "total_sparsity": self.total_sparsity, "nm_valid": self.nm_valid, "block_sparsity": self.block_sparsity,
             "layers": [{**asdict(layer), "sparsity": layer.sparsity} for layer in self.layers],
         }

@@ -17,6 +17,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from lottery.config import LoggerConfig, RootConfig, StoreConfig
 from lottery.errors import ConfigError
+from lottery.llm.allocation import ALLOCATIONS
 from lottery.llm.corpora import CORPORA, check_corpus
 from lottery.llm.methods import METHODS
 from lottery.pruning.nm import parse_nm
@@ -90,6 +91,9 @@ class PruneConfig:
     include: list[str] = field(default_factory=list)  # globs over layer names; empty = every block linear
     exclude: list[str] = field(default_factory=list)
     devices: list[str] = field(default_factory=list)  # e.g. [cuda:0, cuda:1]: data-parallel calibration
+    allocation: Any = "uniform"  # uniform | owl | linear, or a list: per-block sparsity (unstructured only)
+    owl_m: float = 5.0  # OWL: a weight is an outlier when its Wanda score exceeds owl_m x its block's mean
+    owl_lambda: float = 0.08  # OWL / linear: block sparsities spread around prune.sparsity by up to this much
 
 
 @dataclass
@@ -230,6 +234,30 @@ def _check_model(model: DictConfig) -> None:
                               f"weights (expected one of {', '.join(WEIGHT_FILES)})")
 
 
+def allocations(prune: DictConfig) -> list[str]:
+    """The configured allocations, as a list (`prune.allocation` takes one name or a list)."""
+    return [str(a) for a in as_list(prune.get("allocation", "uniform"))]
+
+
+def _check_allocation(p: DictConfig) -> None:
+    """Known allocations; owl_m > 0; lambda keeps every block of a linear ramp in [0, 1); N:M needs uniform."""
+    chosen = allocations(p)
+    for allocation in chosen:
+        if allocation not in ALLOCATIONS:
+            raise ConfigError(f"prune.allocation={allocation!r} is not allowed; choose one of {', '.join(ALLOCATIONS)}")
+    m, lam, s = float(p.get("owl_m", 5.0)), float(p.get("owl_lambda", 0.08)), float(p.sparsity)
+    if m <= 0:
+        raise ConfigError(f"prune.owl_m={m} must be > 0 (a weight is an outlier above owl_m x its block's mean score)")
+    patterns = [str(x) for x in as_list(p.pattern)]
+    if any(a != "uniform" for a in chosen) and "unstructured" in patterns and not (0 <= lam <= s and lam < 1 - s):
+        raise ConfigError(f"prune.owl_lambda={lam} is out of range; with prune.sparsity={s} it must be in "
+                          f"[0, min(s, 1 - s)) = [0, {min(s, 1 - s):g})")
+    nm = [x for x in patterns if x != "unstructured"]
+    if nm and "uniform" not in chosen:
+        raise ConfigError(f"prune.allocation={chosen} has no uniform entry, but prune.pattern {nm[0]} is N:M and N:M "
+                          "patterns are uniform by definition; add uniform to prune.allocation or drop the N:M pattern")
+
+
 def validate_oneshot(cfg: DictConfig) -> None:
     """Check a one-shot config without loading anything; raise ConfigError naming the key and allowed values."""
     for group in ("model", "prune", "calibration", "eval"):
@@ -257,6 +285,7 @@ def validate_oneshot(cfg: DictConfig) -> None:
             raise ConfigError(f"prune.blocksize={p.blocksize} must be a multiple of M={m} (prune.pattern={pattern})")
     if p.blocksize <= 0:
         raise ConfigError(f"prune.blocksize={p.blocksize} must be a positive integer")
+    _check_allocation(p)
     if p.percdamp < 0:
         raise ConfigError(f"prune.percdamp={p.percdamp} must be >= 0")
     c = cfg.calibration

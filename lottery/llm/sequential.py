@@ -89,7 +89,8 @@ def _collect_stats(shards: list[_Shard], names: list[str], gram: bool) -> dict[s
     return {name: _merge_stats([stats[name] for stats in per_shard], shards[0].device) for name in names}
 
 
-def _prune_block(shards: list[_Shard], groups: list[list[str]], report: PruneReport, opts: dict) -> None:
+def _prune_block(shards: list[_Shard], groups: list[list[str]], report: PruneReport, opts: dict,
+                 sparsity: float) -> None:
     """Prune one block's layer groups in order; each group's statistics see the earlier groups pruned.
 
     The solve runs on the first shard's block; the other replicas get the pruned weights copied in. A layer
@@ -111,9 +112,9 @@ def _prune_block(shards: list[_Shard], groups: list[list[str]], report: PruneRep
                 st, fallback = None, NO_TOKENS
                 log.warning("%s: %s", name, NO_TOKENS)
             if st is None and spec.needs_calibration:
-                W_new, mask = magnitude_layer(W, None, report.sparsity, opts)
+                W_new, mask = magnitude_layer(W, None, sparsity, opts)
             else:
-                W_new, mask = _prune_layer(method, W, st, report.sparsity, opts)
+                W_new, mask = _prune_layer(method, W, st, sparsity, opts)
             err = relative_error(W, W_new, st.H) if st is not None and st.H is not None else None
             set_weight(module, W_new)
             for replica in shards[1:]:
@@ -130,7 +131,7 @@ def _prune_block(shards: list[_Shard], groups: list[list[str]], report: PruneRep
 def prune_model(
     model: nn.Module,
     method: str,
-    sparsity: float,
+    sparsity: float | Sequence[float],
     calib_ids: Tensor | None = None,
     *,
     n: int = 0,
@@ -149,7 +150,9 @@ def prune_model(
 ) -> PruneReport:
     """Prune the linear layers of every transformer block of a Hugging Face ``model`` in place.
 
-    ``method``: a name in ``lottery.llm.methods.METHODS`` (magnitude, wanda, sparsegpt); ``calib_ids``
+    ``method``: a name in ``lottery.llm.methods.METHODS`` (magnitude, wanda, sparsegpt); ``sparsity``: one value
+    for every block, or a sequence with one value per block (a layerwise allocation, lottery.llm.allocation; an
+    N:M pattern ignores it and must not be given unequal values); ``calib_ids``
     [nsamples, seqlen] token ids (optional for magnitude, then no errors are recorded). ``device`` is where
     each block is computed (default: the model's device); the other blocks stay where they are.
     ``true_sequential`` prunes the layers of a block in groups (layers reading the same input: q/k/v, then
@@ -162,13 +165,12 @@ def prune_model(
     on the calibration inputs, N:M validity, keep-masks keyed by parameter name).
     """
     spec = get_method(method)
-    if not 0.0 <= float(sparsity) < 1.0:
-        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    blocks_path, blocks = find_blocks(model)
+    per_block = _block_sparsities(sparsity, len(blocks), n, m)
     if calib_ids is None and spec.needs_calibration:
         raise ValueError(f"{method} needs calibration data (calib_ids)")
     if calib_ids is not None and calib_ids.dim() != 2:
         raise ValueError(f"calib_ids must be [nsamples, seqlen], got shape {tuple(calib_ids.shape)}")
-    blocks_path, blocks = find_blocks(model)
     if devices is not None and len(devices) > 1:
         device_list = [torch.device(d) for d in devices]
     else:
@@ -176,7 +178,8 @@ def prune_model(
     device = device_list[0]
     opts = {"n": n, "m": m, "per_row": per_row, "blocksize": blocksize, "percdamp": percdamp,
             "record_error": record_error, "device": device}
-    report = PruneReport(method=method, sparsity=float(sparsity), n=n, m=m)
+    uniform = isinstance(sparsity, (int, float))
+    report = PruneReport(method=method, sparsity=float(sparsity) if uniform else 0.0, n=n, m=m, block_sparsity=per_block)
 
     use_cache, was_training = getattr(model.config, "use_cache", None), model.training
     model.eval()
@@ -203,7 +206,7 @@ def prune_model(
                     groups = layer_groups(block, shards[0].layers, shards[0].inps[0], shards[0].call)
                 else:
                     groups = [names]
-                _prune_block(shards, groups, report, opts)
+                _prune_block(shards, groups, report, opts, per_block[i])
             fuse_masks(report.masks, swapped)
             for shard in shards:
                 if shard.inps:
@@ -213,4 +216,24 @@ def prune_model(
     finally:
         model.config.use_cache = use_cache
         model.train(was_training)
+    if n or m:  # the pattern fixes every block's sparsity
+        report.block_sparsity = [1 - n / m] * len(blocks)
+    elif not uniform:
+        # The target of a layerwise allocation: its per-block values weighted by the weights each block pruned.
+        sizes = [sum(lr.numel for lr in report.layers if lr.name.startswith(f"{blocks_path}.{i}."))
+                 for i in range(len(blocks))]
+        report.sparsity = sum(n_b * s_b for n_b, s_b in zip(sizes, per_block, strict=True)) / max(sum(sizes), 1)
     return report
+
+
+def _block_sparsities(sparsity: float | Sequence[float], count: int, n: int, m: int) -> list[float]:
+    """One sparsity per block; ValueError for values outside [0, 1), a wrong count, or unequal values with N:M."""
+    values = [float(sparsity)] * count if isinstance(sparsity, (int, float)) else [float(s) for s in sparsity]
+    if len(values) != count:
+        raise ValueError(f"sparsity has {len(values)} values but the model has {count} blocks")
+    for s in values:
+        if not 0.0 <= s < 1.0:
+            raise ValueError(f"sparsity must be in [0, 1), got {s}")
+    if (n or m) and len(set(values)) > 1:
+        raise ValueError("N:M patterns are uniform by definition; give one sparsity, not one per block")
+    return values

@@ -48,6 +48,9 @@ HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "pruning.score_batches": 10,
     "pruning.synflow_rounds": 100,
     "pruning.prune_at": "auto",
+    "prune.allocation": "uniform",  # one-shot: per-block sparsity allocation (issue 15); owl_* only matter for owl
+    "prune.owl_m": 5.0,
+    "prune.owl_lambda": 0.08,
 }
 
 
