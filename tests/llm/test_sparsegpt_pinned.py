@@ -4,6 +4,11 @@ tests/fixtures/sparsegpt_pinned.pt holds, per case, the inputs and the ``(W_new,
 ``sparsegpt_prune`` returned when the file was written (the commit is stored with it). It was written on the
 CPU with one thread; rewrite it only for a deliberate change of results:
 ``PYTHONPATH=. python tests/llm/test_sparsegpt_pinned.py --write``.
+
+Bit-for-bit equality holds only on the kind of CPU that wrote the file: BLAS and LAPACK pick their kernels by
+processor (seen: the same torch build gave the same masks but different low bits on an AMD EPYC with AVX-512
+than on the machine that first wrote the pins). The file records the processor (`cpu`); elsewhere the test
+demands identical masks and weights equal to a relative 1e-5 (1e-3 in float16).
 """
 
 from __future__ import annotations
@@ -53,6 +58,17 @@ def cases() -> dict[str, dict]:
     return out
 
 
+def cpu_identity() -> str:
+    """The processor's model name and the ISA torch dispatches to: what decides the BLAS kernels' rounding."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name} / {torch.backends.cpu.get_cpu_capability()}"
+
+
 def _bits(t: torch.Tensor) -> torch.Tensor:
     """The raw bits (so -0.0 != 0.0 and NaN payloads count)."""
     return t.view({1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
@@ -68,14 +84,19 @@ def test_sparsegpt_reproduces_pinned_outputs_bitwise(name: str) -> None:
     W_new, mask = sparsegpt_prune(**kwargs)
     assert W_new.dtype == pinned["W_new"].dtype and mask.dtype == torch.bool
     assert torch.equal(mask, pinned["mask"]), f"{name}: {int((mask != pinned['mask']).sum())} mask entries differ"
-    differ = int((_bits(W_new) != _bits(pinned["W_new"])).sum())
-    assert differ == 0, f"{name}: {differ} weights differ in their bits"
+    if torch.load(PINNED, weights_only=True).get("cpu") == cpu_identity():
+        differ = int((_bits(W_new) != _bits(pinned["W_new"])).sum())
+        assert differ == 0, f"{name}: {differ} weights differ in their bits"
+    else:  # another processor: other BLAS kernels, other rounding (see the module docstring)
+        rtol = 1e-3 if W_new.dtype == torch.float16 else 1e-5
+        torch.testing.assert_close(W_new, pinned["W_new"], rtol=rtol, atol=rtol * float(pinned["W_new"].abs().max()))
 
 
 def _write() -> None:
     torch.set_num_threads(1)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     data: dict = {"commit": commit, "torch": str(torch.__version__), "machine": platform.processor() or platform.machine(),
+                  "cpu": cpu_identity(),
                   "cases": {}}
     for name, kwargs in cases().items():
         W_new, mask = sparsegpt_prune(**kwargs)
