@@ -43,6 +43,13 @@ OVERRIDES = {
 }
 
 
+# Explicit `training.engine=trainer` runs of every IMP experiment: their folders stay where they were when the
+# default engine became `auto` (issue 18).
+OVERRIDES |= {f"{exp} engine=trainer": [f"+exp={exp}", "training.engine=trainer"]
+              for exp in EXPERIMENTS if exp.startswith("imp_")}
+OVERRIDES["imp_lenet engine=trainer gpu"] = ["+exp=imp_lenet", "training.engine=trainer", "trainer=gpu"]
+
+
 def _fixed_env() -> None:
     # Paths that resolvers fill from the environment: the same values everywhere, so the hash is comparable.
     for var, value in {"LOTTERY_DATA": "/data", "LOTTERY_RUNS": "/runs", "LOTTERY_TEXT": "/text"}.items():
