@@ -48,6 +48,7 @@ HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "pruning.score_batches": 10,
     "pruning.synflow_rounds": 100,
     "pruning.prune_at": "auto",
+    "training.precision": "32-true",  # issue 18: every earlier run trained in full fp32
 }
 
 
