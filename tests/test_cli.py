@@ -26,6 +26,10 @@ def test_main_command_runs_and_prints_summary(tmp_path, mnist_root) -> None:
     assert "% remaining" in result.stdout and "80.04" in result.stdout
     runs = list((tmp_path / "runs").glob("imp_*"))
     assert len(runs) == 1 and (runs[0] / "level_01" / "metrics.json").exists()
+    # The console says what `auto` became, and the run folder's config records it (not `auto`).
+    assert "trainer.accelerator=auto -> " in result.stdout and "training.engine=auto -> " in result.stdout
+    recorded = (runs[0] / "config.yaml").read_text()
+    assert "engine: auto" not in recorded and "accelerator: auto" not in recorded
 
 
 BAD = [
