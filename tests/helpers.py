@@ -12,7 +12,9 @@ from types import ModuleType
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from lottery.imp.auto import resolve_auto
 from lottery.run import register_configs
+from lottery.tracking import RunStore
 
 REPO = Path(__file__).resolve().parent.parent
 CONF_DIR = str(REPO / "conf")
@@ -67,6 +69,12 @@ def make_config(overrides: list[str]) -> DictConfig:
     """Compose conf/config.yaml with `overrides`, as `python -m lottery.run` would."""
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose("config", overrides=overrides)
+
+
+def imp_folder(cfg: DictConfig, root: str | Path | None = None) -> Path:
+    """The run folder the IMP job writes for `cfg` (its `auto` settings resolved on this machine, as the job
+    does before hashing), under `root` (default: cfg.store.root)."""
+    return RunStore(cfg.store.root if root is None else root, resolve_auto(cfg).cfg, prefix="imp").path
 
 
 # Small, fast settings for end-to-end runs on the real MNIST files.
