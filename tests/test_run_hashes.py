@@ -48,6 +48,7 @@ OVERRIDES = {
 # default engine became `auto` (issue 18).
 OVERRIDES |= {f"{exp} engine=trainer": [f"+exp={exp}", "training.engine=trainer"]
               for exp in EXPERIMENTS if exp.startswith("imp_")}
+OVERRIDES["imp_lenet ddp_cpu"] = ["+exp=imp_lenet", "trainer=ddp_cpu"]  # auto -> trainer: the pre-auto hash
 OVERRIDES["imp_lenet gpu auto engine"] = ["+exp=imp_lenet", "trainer=gpu"]  # resolves to batched
 OVERRIDES["imp_lenet engine=trainer gpu"] = ["+exp=imp_lenet", "training.engine=trainer", "trainer=gpu"]
 
