@@ -9,6 +9,7 @@ A bad config value ends the run before any work with one line on stderr and exit
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,10 +18,13 @@ from typing import Any, NamedTuple
 import hydra
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from lottery.config import register_root_configs, validate_root
 from lottery.errors import ConfigError, LotteryError
+from lottery.imp.job import resolve as resolve_imp
 from lottery.imp.job import run as run_imp
 from lottery.imp.schema import register_imp_configs, validate_imp
 from lottery.llm.job import run as run_oneshot
@@ -32,16 +36,22 @@ EXIT_BAD_INPUT = 2
 log = logging.getLogger("lottery")
 
 
+def _as_is(cfg: DictConfig) -> DictConfig:
+    return cfg
+
+
 class Job(NamedTuple):
-    """A job: how its config is checked (before any run folder exists) and how it runs."""
+    """A job: how its config is checked (before any run folder exists), how it runs, and how its `auto`
+    settings become concrete before anything hashes the config (identity for jobs without any)."""
 
     validate: Callable[[DictConfig], Any]
     run: Callable[[DictConfig], Any]
+    resolve: Callable[[DictConfig], DictConfig] = _as_is
 
 
 # The config key `job` picks a row. A new job adds its row here and its groups' schema to register_configs.
 JOBS: dict[str, Job] = {
-    "imp": Job(validate_imp, run_imp),
+    "imp": Job(validate_imp, run_imp, resolve_imp),
     "oneshot": Job(validate_oneshot, run_oneshot),
 }
 
@@ -76,17 +86,32 @@ def _one_line(err: BaseException) -> str:
     return text.replace("Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.", "").strip()
 
 
-def _dispatch(cfg: DictConfig) -> object:
-    return job_of(cfg).run(cfg)
-
-
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
     try:
-        return sweep_objective(cfg, _dispatch(cfg))  # what a Hydra sweeper (Optuna) optimises
+        job = job_of(cfg)
+        cfg = job.resolve(cfg)  # the run folder and the sweep objective both hash the resolved config
+        return sweep_objective(cfg, job.run(cfg))  # what a Hydra sweeper (Optuna) optimises
     except LotteryError as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
+        remove_hydra_run_dir()
         sys.exit(EXIT_BAD_INPUT)
+
+
+def remove_hydra_run_dir() -> None:
+    """Delete the folder Hydra made for a single run that was refused (it holds only Hydra's copy of the command
+    line and its log), and its parents (`<date>/`, `hydra/`, the store root) while they are empty. Sweeps keep
+    theirs."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.RUN:
+        return
+    out = Path(HydraConfig.get().runtime.output_dir)
+    logging.shutdown()  # close Hydra's log file in the folder before it goes
+    shutil.rmtree(out, ignore_errors=True)
+    for parent in list(out.parents)[:3]:  # <date>/, hydra/ and store.root: never above it
+        try:
+            parent.rmdir()
+        except OSError:  # not empty (other runs) or already gone
+            break
 
 
 _HYDRA_FLAGS = ("-m", "--multirun", "-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "--shell-completion",

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import SHARED_DATA
+from helpers import SHARED_DATA, USER_CACHE, has_mnist, locate_mnist
+
+# The session's answer of locate_mnist (asked at most once, by the first test that needs MNIST).
+_MNIST: list[tuple[Path | None, str]] = []
+
+
+def _data_root() -> Path:
+    """Where LOTTERY_DATA points: the folder already holding MNIST (shared or cached), else the shared one."""
+    return USER_CACHE if not has_mnist(SHARED_DATA) and has_mnist(USER_CACHE) else SHARED_DATA
 
 
 @pytest.fixture(autouse=True)
@@ -23,16 +31,28 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("LOTTERY_DATA", str(SHARED_DATA))
+    monkeypatch.setenv("LOTTERY_DATA", str(_data_root()))
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
 
 @pytest.fixture
-def mnist_root() -> Path:
-    if not (SHARED_DATA / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
-        pytest.skip(f"MNIST not found under {SHARED_DATA} (set LOTTERY_TEST_DATA)")
-    return SHARED_DATA
+def mnist_root(monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The data root holding MNIST: shared, cached, or fetched once when online; the test is skipped otherwise."""
+    if not _MNIST:
+        _MNIST.append(locate_mnist(SHARED_DATA, USER_CACHE))
+    root, why = _MNIST[0]
+    if root is None:
+        pytest.skip(why)
+    monkeypatch.setenv("LOTTERY_DATA", str(root))
+    return root
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Say why the MNIST tests did not run (offline and absent), or that MNIST was downloaded this session."""
+    if _MNIST and (_MNIST[0][0] is None or "downloaded" in _MNIST[0][1]):
+        terminalreporter.write_sep("-", "MNIST")
+        terminalreporter.write_line(_MNIST[0][1])
 
 
 @pytest.fixture

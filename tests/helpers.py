@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import socket
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
@@ -11,11 +12,55 @@ from types import ModuleType
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from lottery.imp.auto import resolve_auto
 from lottery.run import register_configs
+from lottery.tracking import RunStore
 
 REPO = Path(__file__).resolve().parent.parent
 CONF_DIR = str(REPO / "conf")
 SHARED_DATA = Path(os.environ.get("LOTTERY_TEST_DATA", REPO.parent / "shared" / "data"))
+# Where the tests keep an MNIST they downloaded themselves (read before conftest points HOME into tmp_path).
+USER_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lottery" / "test-data"
+MNIST_HOST = ("ossci-datasets.s3.amazonaws.com", 443)  # torchvision's first MNIST mirror
+
+
+def has_mnist(root: Path) -> bool:
+    """Whether `root` holds MNIST as torchvision lays it out (root/MNIST/raw/...)."""
+    return (root / "MNIST" / "raw" / "train-images-idx3-ubyte").exists()
+
+
+def is_online(host: tuple[str, int] = MNIST_HOST, timeout: float = 3.0) -> bool:
+    """Whether the MNIST mirror answers a TCP connection within `timeout` seconds."""
+    try:
+        socket.create_connection(host, timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def download_mnist(root: Path) -> None:
+    """Fetch MNIST's four files through torchvision into root/MNIST/raw."""
+    from torchvision.datasets import MNIST
+
+    for train in (True, False):
+        MNIST(str(root), train=train, download=True)
+
+
+def locate_mnist(shared: Path, cache: Path, online: Callable[[], bool] = is_online,
+                 download: Callable[[Path], None] = download_mnist) -> tuple[Path | None, str]:
+    """The data root holding MNIST for the tests, and how it was found: the shared folder, else the user cache,
+    else a download into the cache (once; only when online). (None, why) when offline and absent."""
+    if has_mnist(shared):
+        return shared, f"MNIST from {shared}"
+    if has_mnist(cache):
+        return cache, f"MNIST from the cache {cache}"
+    if not online():
+        return None, (f"MNIST is neither in {shared} nor in {cache} and the machine is offline: the MNIST tests "
+                      "were skipped (set LOTTERY_TEST_DATA, or run once online to fetch it)")
+    download(cache)
+    if not has_mnist(cache):
+        return None, f"downloading MNIST into {cache} did not produce MNIST/raw: the MNIST tests were skipped"
+    return cache, f"MNIST downloaded into {cache}"
 
 register_configs()
 
@@ -24,6 +69,12 @@ def make_config(overrides: list[str]) -> DictConfig:
     """Compose conf/config.yaml with `overrides`, as `python -m lottery.run` would."""
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose("config", overrides=overrides)
+
+
+def imp_folder(cfg: DictConfig, root: str | Path | None = None) -> Path:
+    """The run folder the IMP job writes for `cfg` (its `auto` settings resolved on this machine, as the job
+    does before hashing), under `root` (default: cfg.store.root)."""
+    return RunStore(cfg.store.root if root is None else root, resolve_auto(cfg).cfg, prefix="imp").path
 
 
 # Small, fast settings for end-to-end runs on the real MNIST files.

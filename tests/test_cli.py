@@ -26,6 +26,10 @@ def test_main_command_runs_and_prints_summary(tmp_path, mnist_root) -> None:
     assert "% remaining" in result.stdout and "80.04" in result.stdout
     runs = list((tmp_path / "runs").glob("imp_*"))
     assert len(runs) == 1 and (runs[0] / "level_01" / "metrics.json").exists()
+    # The console says what `auto` became, and the run folder's config records it (not `auto`).
+    assert "trainer.accelerator=auto -> " in result.stdout and "training.engine=auto -> " in result.stdout
+    recorded = (runs[0] / "config.yaml").read_text()
+    assert "engine: auto" not in recorded and "accelerator: auto" not in recorded
 
 
 BAD = [
@@ -53,6 +57,8 @@ BAD = [
     ("+branch=retrain branch.levels=[99]", "branch.levels"),
     ("logger.mode=sometimes", "logger.mode"),
     ("data.val_size=60000", "data.val_size"),
+    ("training.precision=fp8", "training.precision"),
+    ("training.engine=turbo", "training.engine"),
 ]
 
 
@@ -102,4 +108,14 @@ def test_missing_data_is_one_clear_line(tmp_path) -> None:
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and str(empty / "MNIST" / "raw") in lines[0], lines
-    assert not list((tmp_path / "runs").glob("imp_*")), "missing data left a run folder behind"
+    assert not (tmp_path / "runs").exists(), f"missing data left {list((tmp_path / 'runs').rglob('*'))} behind"
+
+
+def test_refused_run_keeps_other_hydra_folders(tmp_path) -> None:
+    """Only the refused run's own Hydra folder goes: an earlier run's folder of the same day stays."""
+    earlier = tmp_path / "runs" / "hydra" / "2026-01-01" / "00-00-00"
+    earlier.mkdir(parents=True)
+    result = _cli("+exp=imp_lenet", f"data.root={tmp_path / 'nodata'}", "data.download=false",
+                  "hydra.run.dir=runs/hydra/2026-01-01/00-00-01", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-1500:]
+    assert earlier.exists() and not (earlier.parent / "00-00-01").exists()

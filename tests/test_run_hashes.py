@@ -18,6 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers import CONF_DIR, make_config  # noqa: E402
 
+from lottery.imp.auto import resolve_auto  # noqa: E402
 from lottery.tracking.store import config_hash  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "run_hashes.json"
@@ -43,6 +44,15 @@ OVERRIDES = {
 }
 
 
+# Explicit `training.engine=trainer` runs of every IMP experiment: their folders stay where they were when the
+# default engine became `auto` (issue 18).
+OVERRIDES |= {f"{exp} engine=trainer": [f"+exp={exp}", "training.engine=trainer"]
+              for exp in EXPERIMENTS if exp.startswith("imp_")}
+OVERRIDES["imp_lenet ddp_cpu"] = ["+exp=imp_lenet", "trainer=ddp_cpu"]  # auto -> trainer: the pre-auto hash
+OVERRIDES["imp_lenet gpu auto engine"] = ["+exp=imp_lenet", "trainer=gpu"]  # resolves to batched
+OVERRIDES["imp_lenet engine=trainer gpu"] = ["+exp=imp_lenet", "training.engine=trainer", "trainer=gpu"]
+
+
 def _fixed_env() -> None:
     # Paths that resolvers fill from the environment: the same values everywhere, so the hash is comparable.
     for var, value in {"LOTTERY_DATA": "/data", "LOTTERY_RUNS": "/runs", "LOTTERY_TEXT": "/text"}.items():
@@ -52,7 +62,9 @@ def _fixed_env() -> None:
 def current_hashes() -> dict[str, str]:
     _fixed_env()
     cases = {exp: [f"+exp={exp}"] for exp in EXPERIMENTS} | OVERRIDES
-    return {name: config_hash(make_config(overrides)) for name, overrides in cases.items()}
+    # What a run hashes: `auto` resolved as on a CPU machine outside SLURM (the job resolves it before hashing).
+    return {name: config_hash(resolve_auto(make_config(overrides), cuda=lambda: False, slurm=lambda: False).cfg)
+            for name, overrides in cases.items()}
 
 
 def test_no_run_hash_changes(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from lottery.imp.auto import resolve_auto
 from lottery.imp.branches import branch_levels as imp_branch_levels
 from lottery.imp.instability_schema import instability_folders
 from lottery.imp.plan import level_rounds
@@ -61,9 +62,11 @@ class MissingRuns(Exception):
 
 
 def compose_run(overrides: Sequence[str]) -> DictConfig:
-    """The config `python -m lottery.run <overrides>` would run."""
+    """The config `python -m lottery.run <overrides>` would run, `auto` accelerator and engine resolved for this
+    machine (as the job does before hashing), so the run folder found here is the one a run writes."""
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+        cfg = compose("config", overrides=list(overrides))
+    return resolve_auto(cfg).cfg if cfg.get("job") == "imp" else cfg
 
 
 def run_folder(cfg: DictConfig) -> Path:

@@ -2,10 +2,13 @@
 
     python experiments/imp_speed/bench.py --device cpu --iterations 300 --out experiments/imp_speed/cpu
     python experiments/imp_speed/bench.py --device cuda --out experiments/imp_speed/h200
+    python experiments/imp_speed/bench.py --device cpu --models lenet_300_100 --engines auto --skip replicates full \
+        --iterations 1000 --repeats 7 --out experiments/imp_speed/cpu_default      # the default path (issue 18)
 
 Per model (LeNet-300-100 on MNIST-shaped data, Conv-6 on CIFAR-shaped data, batch 60, random tensors held on
 the device, a 50%-pruned mask) it times one IMP level of `--iterations` steps through `train_level` with
-engine=trainer and engine=fabric, and a hand-written loop doing the same work (same model and mask, Adam, grads
+engine=trainer and engine=fabric (and `auto`: the engine the default config resolves to on this device, as
+`lottery.imp.auto` picks it; batched K=1 with a CUDA graph on a GPU), and a hand-written loop doing the same work (same model and mask, Adam, grads
 masked before and weights re-masked after every step, the same evaluation on val and test at the end). Repeats
 are interleaved (the order rotates) and the median is reported; times include each path's setup. Then it times
 `train_replicates` with K=1 and K=16 LeNet replicates (eager, and on CUDA with the step replayed as a CUDA
@@ -76,6 +79,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from lottery.data import VisionDataModule  # noqa: E402
+from lottery.imp.auto import auto_engine  # noqa: E402
 from lottery.imp.level import LevelSpec, train_level  # noqa: E402
 from lottery.models import create_model, prunable_names  # noqa: E402
 from lottery.pruning import Mask, magnitude_prune  # noqa: E402
@@ -139,6 +143,27 @@ def run_engine(engine: str, model_name: str, data: dict, init: dict, mask: Mask,
         seconds = time.perf_counter() - began
     assert result.history[-1]["iteration"] == iterations
     return seconds
+
+
+def run_batched_one(model_name: str, data: dict, init: dict, mask: Mask, iterations: int,
+                    device: torch.device) -> float:
+    """Seconds for the same level through `train_replicates` with K=1 (a CUDA graph on a GPU): what
+    training.engine=batched (the GPU's auto engine) runs, setup and the final evaluation included."""
+    name, shape = SHAPES[model_name]
+    sync(device)
+    began = time.perf_counter()
+    runs = train_replicates(lambda: create_model(model_name, seed=0, input_shape=shape, num_classes=10), [init],
+                            [mask], data["train"], 60, [0], iterations, eval_every=iterations,
+                            eval_sets={"val": data["val"], "test": data["test"]}, device=device,
+                            cuda_graph=device.type == "cuda")
+    sync(device)
+    assert runs[0].history[-1]["iteration"] == iterations
+    return time.perf_counter() - began
+
+
+def default_engine(device: torch.device) -> str:
+    """The engine `training.engine: auto` resolves to for one process on `device` outside SLURM."""
+    return auto_engine("gpu" if device.type == "cuda" else "cpu", 1, "auto", slurm=False)[0]
 
 
 def run_minimal(model_name: str, data: dict, init: dict, mask: Mask, iterations: int, device: torch.device,
@@ -231,22 +256,36 @@ def compare_model(args: argparse.Namespace, device: torch.device, model_name: st
     iters = args.iterations if model_name == "lenet_300_100" else conv_iters
     methods = {"minimal": lambda n: run_minimal(model_name, data, init, mask, n, device, args.deterministic)}
     for engine in args.engines:
-        methods[engine] = (lambda n, e=engine: run_engine(e, model_name, data, init, mask, n, device,
-                                                          args.deterministic))
+        label, concrete = engine, engine
+        if engine == "auto":
+            concrete = default_engine(device)
+            label = f"auto ({concrete})"
+        if concrete == "batched":
+            methods[label] = lambda n: run_batched_one(model_name, data, init, mask, n, device)
+        else:
+            methods[label] = (lambda n, e=concrete: run_engine(e, model_name, data, init, mask, n, device,
+                                                               args.deterministic))
     say(f"{model_name} ({name}-shaped, batch 60): {iters} iterations, {args.repeats} interleaved repeats")
     for fn in methods.values():  # warm-up: first-call costs (cuDNN autotune, lazy imports) out of the timing
         fn(min(30, iters))
     times: dict[str, list[float]] = {m: [] for m in methods}
+    cpu: dict[str, list[float]] = {m: [] for m in methods}  # this process's CPU seconds: robust to other jobs
     names = list(methods)
     for rep in range(args.repeats):
         for m in names[rep % len(names):] + names[:rep % len(names)]:
+            began = time.process_time()
             times[m].append(methods[m](iters))
+            cpu[m].append(time.process_time() - began)
         say(f"  repeat {rep + 1}: " + ", ".join(f"{m} {1e3 * times[m][-1] / iters:.3f} ms/it" for m in names))
     base = statistics.median(times["minimal"])
     for m in names:
         med = statistics.median(times[m])
+        # Also the median of each repeat's own ratio: a noisy shared machine drifts less within one repeat.
+        paired = statistics.median(t / b for t, b in zip(times[m], times["minimal"], strict=True))
+        cpu_paired = statistics.median(t / b for t, b in zip(cpu[m], cpu["minimal"], strict=True))
         record(kind="engine", model=model_name, method=m, k=1, iterations=iters, seconds=med,
-               ms_per_it=1e3 * med / iters, it_per_s=iters / med, ratio=med / base)
+               ms_per_it=1e3 * med / iters, it_per_s=iters / med, ratio=med / base, paired_ratio=paired,
+               cpu_paired_ratio=cpu_paired)
 
 
 def compare_replicates(args: argparse.Namespace, device: torch.device, sizes: tuple[int, int, int]) -> None:
@@ -337,15 +376,26 @@ def write(out: Path, info: dict[str, str], args: argparse.Namespace, elapsed: fl
              f"({elapsed:.0f} s)", "", "## Machine", ""]
     lines += [f"- {k}: {v}" for k, v in info.items()]
     lines += ["", "## One IMP level (median of interleaved repeats; setup and the final evaluation included)", "",
-              "| model | method | iterations | ms / iteration | iterations / s | × minimal loop |", "|---|---|---|---|---|---|"]
+              "| model | method | iterations | ms / iteration | iterations / s | × minimal loop | × minimal, paired "
+              "| × minimal, CPU time, paired |", "|---|---|---|---|---|---|---|---|"]
     for r in ROWS:
         if r["kind"] == "engine":
             lines.append(f"| {r['model']} | {r['method']} | {r['iterations']} | {r['ms_per_it']:.3f} | "
-                         f"{r['it_per_s']:.0f} | {r['ratio']:.2f} |")
+                         f"{r['it_per_s']:.0f} | {r['ratio']:.2f} | {r.get('paired_ratio', r['ratio']):.2f} | "
+                         f"{r.get('cpu_paired_ratio', float('nan')):.2f} |")
+    for r in ROWS:
+        if r["kind"] == "engine" and str(r["method"]).startswith("auto"):
+            verdict = "meets" if r["paired_ratio"] <= 1.15 else "misses"
+            lines.append(f"\nThe default path ({r['method']}) on {r['model']}: {r['paired_ratio']:.2f}× the minimal "
+                         f"loop in wall time, median of paired repeats ({verdict} the target ≤ 1.15×); "
+                         f"{r['cpu_paired_ratio']:.2f}× in this process's CPU time.")
     lines += [f"- error in {r['model']} / {r['method']}: {r['error']}" for r in ROWS if r["kind"] == "error"]
-    lines += ["", "## K replicates at once (LeNet-300-100, `train_replicates`)", "",
-              "| K | step | iterations | ms / iteration (all K) | × K=1 (same step) | × eager K=1 |",
-              "|---|---|---|---|---|---|"]
+    if args.note:
+        lines += ["", f"Note: {args.note}"]
+    if any(r["kind"] == "replicates" for r in ROWS):
+        lines += ["", "## K replicates at once (LeNet-300-100, `train_replicates`)", "",
+                  "| K | step | iterations | ms / iteration (all K) | × K=1 (same step) | × eager K=1 |",
+                  "|---|---|---|---|---|---|"]
     for r in ROWS:
         if r["kind"] == "replicates":
             step = "CUDA graph" if r.get("cuda_graph") else "eager"
@@ -374,12 +424,13 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=None, help="wall-clock budget; the full-level run is "
                         "shortened (and extrapolated) to fit (default: 330 on cuda, 600 on cpu)")
     parser.add_argument("--models", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    parser.add_argument("--engines", nargs="+", default=["trainer", "fabric"], choices=["trainer", "fabric"])
+    parser.add_argument("--engines", nargs="+", default=["trainer", "fabric"], choices=["trainer", "fabric", "auto"])
     parser.add_argument("--skip", nargs="*", default=[], choices=["engines", "replicates", "full"])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 on cpu: a loaded "
                         "shared machine makes multi-threaded small ops erratic)")
     parser.add_argument("--no-deterministic", dest="deterministic", action="store_false")
     parser.add_argument("--out", type=Path, default=Path("imp_speed_results"))
+    parser.add_argument("--note", default="", help="a line for RESULTS.md (e.g. that the machine was shared)")
     args = parser.parse_args()
     started = time.perf_counter()
     device = torch.device(args.device)

@@ -182,6 +182,7 @@ def _train_group(group: list[Member], device: torch.device) -> None:
         eval_batch_size=datamodule.eval_batch_size, device=device, cuda_graph=cfg.training.cuda_graph,
         checkpoints=[m.checkpoint for m in group], checkpoint_every=spec.checkpoint_every, rewind=rewind,
         crop_padding=CROP_PADDING if datamodule.augment else 0, crop_fill=datamodule.crop_fill(),
+        precision=spec.precision,
         progress=label if spec.progress_bar else None)
     seconds = time.perf_counter() - began
     # Tickets first: a branch's W&B run references its level's mask and ticket artifacts.

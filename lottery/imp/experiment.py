@@ -116,7 +116,7 @@ class Experiment:
                          accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
                          strategy=cfg.trainer.strategy, num_nodes=cfg.trainer.num_nodes,
                          deterministic=cfg.trainer.deterministic, progress_bar=cfg.progress_bar,
-                         engine=t.engine)
+                         engine=t.engine, precision=t.get("precision", "32-true"))
 
     def begin(self, plan: LevelPlan) -> tuple[Mask, dict[str, Any], LevelSpec]:
         """Record the plan's mask and start weights in its folder (or read them back when a killed level

@@ -14,6 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
+from lottery.imp.auto import resolve_auto
 from lottery.imp.batched import run_batched
 from lottery.imp.experiment import Experiment, close_experiment, open_experiment, prepare
 from lottery.imp.instability import run_instability
@@ -37,12 +38,22 @@ def seed_configs(cfg: DictConfig) -> list[DictConfig]:
     return configs
 
 
+def resolve(cfg: DictConfig) -> DictConfig:
+    """`cfg` with `trainer.accelerator` and `training.engine` concrete (lottery.imp.auto), saying on the console
+    what `auto` became and why. Runs before anything hashes the config, so the run folder names what ran."""
+    resolved = resolve_auto(cfg)
+    for reason in resolved.reasons:
+        print(f"lottery: {reason}", flush=True)
+    return resolved.cfg
+
+
 def run(cfg: DictConfig) -> list[dict[str, Any]]:
     """Run (or resume) the IMP experiment described by `cfg` (every run of `seeds`, if set), with its control
     branch if one is configured. Rows of several seeds carry a "seed" key.
 
     Everything that can reject the input (config, data, pruning pattern) runs before a run folder exists.
     """
+    cfg = resolve(cfg)  # a no-op when lottery.run has resolved it already
     configs = seed_configs(cfg)
     if cfg.training.engine == "batched":
         return run_batched(configs)

@@ -62,7 +62,7 @@ def train_level(model: nn.Module, mask: Mask, datamodule: VisionDataModule, spec
         max_steps=steps, max_epochs=-1,
         val_check_interval=min(spec.eval_every, steps), check_val_every_n_epoch=None, num_sanity_val_steps=0,
         logger=logger, callbacks=callbacks, enable_checkpointing=False, plugins=[AtomicCheckpointIO()],
-        deterministic=spec.deterministic, enable_progress_bar=spec.progress_bar, enable_model_summary=False,
+        deterministic=spec.deterministic, precision=spec.precision, enable_progress_bar=spec.progress_bar, enable_model_summary=False,
         log_every_n_steps=spec.eval_every, default_root_dir=str(checkpoint.parent),
     )
     if trainer.strategy.root_device.type != "cpu":

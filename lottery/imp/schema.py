@@ -30,7 +30,10 @@ from lottery.training.optim import OPTIMIZERS
 PRUNING_STRATEGIES = ("layerwise", "global")
 # How a level is trained: Lightning's Trainer; Lightning Fabric (same results, less per-step overhead); or
 # batched: every seed's level and control branch at once as vmapped replicates (lottery.imp.batched).
-ENGINES = ("trainer", "fabric", "batched")
+# auto (the default) picks one of them before the config is hashed (lottery.imp.auto).
+ENGINES = ("auto", "trainer", "fabric", "batched")
+# Lightning's precision spellings; every engine supports them. 32-true is bitwise reproducible.
+PRECISIONS = ("32-true", "bf16-mixed")
 GROUPS = ("model", "data", "training", "pruning", "imp", "trainer")
 
 
@@ -64,7 +67,8 @@ class TrainingConfig:
     gamma: float = 0.1
     eval_every: int = 100
     checkpoint_every: int = 1000
-    engine: str = "trainer"  # trainer | fabric | batched (see ENGINES)
+    engine: str = "auto"  # auto | trainer | fabric | batched (see ENGINES)
+    precision: str = "32-true"  # 32-true | bf16-mixed (see PRECISIONS)
     cuda_graph: bool = True  # engine=batched on a GPU: capture the training step in a CUDA graph
 
 
@@ -103,7 +107,7 @@ class BranchConfig:
 
 @dataclass
 class TrainerConfig:
-    accelerator: str = "cpu"
+    accelerator: str = "auto"  # auto: gpu when CUDA is visible, else cpu (resolved before hashing)
     devices: int = 1
     strategy: str = "auto"  # "ddp" for data parallelism over `devices` processes
     num_nodes: int = 1
@@ -170,6 +174,7 @@ def validate_imp(cfg: DictConfig) -> Steps:
     check_choice("data.name", cfg.data.name, tuple(sorted(DATASETS)))
     check_choice("training.optimizer", cfg.training.optimizer, tuple(OPTIMIZERS))
     check_choice("training.engine", cfg.training.get("engine", "trainer"), ENGINES)
+    check_choice("training.precision", cfg.training.get("precision", "32-true"), PRECISIONS)
     check_choice("pruning.strategy", cfg.pruning.strategy, PRUNING_STRATEGIES)
     check_choice("imp.rewind", cfg.imp.rewind, tuple(REWIND_MODES))
 

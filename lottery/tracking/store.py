@@ -51,6 +51,7 @@ HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "prune.allocation": "uniform",  # one-shot: per-block sparsity allocation (issue 15); owl_* only matter for owl
     "prune.owl_m": 5.0,
     "prune.owl_lambda": 0.08,
+    "training.precision": "32-true",  # issue 18: every earlier run trained in full fp32
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,17 +41,20 @@ class FabricLevel:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loaders: list[Any]) -> list[torch.Tensor]:
+def evaluate(model: nn.Module, loaders: list[Any], autocast: Callable[[], Any] = nullcontext
+             ) -> list[torch.Tensor]:
     """Per loader, a device tensor [loss sum, correct, count], summed batch by batch as
-    `MaskedClassifier.validation_step` does (so the records match to the bit)."""
+    `MaskedClassifier.validation_step` does (so the records match to the bit). `autocast` gives the context the
+    forward pass and loss run in (Fabric's, for mixed precision)."""
     was_training = model.training
     model.eval()
     sums = []
     for loader in loaders:
         total: Any = 0
         for x, y in loader:
-            logits = model(x)
-            loss_sum = F.cross_entropy(logits, y, reduction="sum")
+            with autocast():
+                logits = model(x)
+                loss_sum = F.cross_entropy(logits, y, reduction="sum").float()
             correct = (logits.argmax(1) == y).sum()
             count = torch.tensor(len(y), device=y.device, dtype=loss_sum.dtype)
             total = total + torch.stack([loss_sum, correct.to(loss_sum.dtype), count])
@@ -77,7 +81,7 @@ def train_level_fabric(model: nn.Module, mask: Mask, datamodule: VisionDataModul
         # What Trainer(deterministic=True) sets: deterministic kernels (cuBLAS needs a fixed workspace).
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
-    fabric = Fabric(accelerator=spec.accelerator, devices=1, precision="32-true")
+    fabric = Fabric(accelerator=spec.accelerator, devices=1, precision=spec.precision)
     device = fabric.device
     if device.type != "cpu":
         datamodule.to(device)
@@ -116,7 +120,7 @@ def train_level_fabric(model: nn.Module, mask: Mask, datamodule: VisionDataModul
     def record(step: int) -> None:
         nonlocal acc, counted
         row: dict[str, float] = {"iteration": spec.start_step + step}
-        for split, sums in zip(("val", "test"), evaluate(wrapped, evals), strict=True):
+        for split, sums in zip(("val", "test"), evaluate(wrapped, evals, fabric.autocast), strict=True):
             loss, correct, count = sums.tolist()
             row[f"{split}_loss"], row[f"{split}_acc"] = loss / count, correct / count
         row["lr"] = optimizer.param_groups[0]["lr"]
@@ -137,7 +141,8 @@ def train_level_fabric(model: nn.Module, mask: Mask, datamodule: VisionDataModul
     wrapped.train()
     step, pending = done, 0
     for x, y in stream:
-        loss = F.cross_entropy(wrapped(x), y)
+        with fabric.autocast():  # the Trainer runs the whole training_step under the precision's autocast
+            loss = F.cross_entropy(wrapped(x), y)
         acc += loss.detach()
         counted += 1
         optimizer.zero_grad(set_to_none=True)

@@ -97,7 +97,7 @@ class MaskedClassifier(L.LightningModule):
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         x, y = batch
         logits = self.model(x)
-        loss_sum = F.cross_entropy(logits, y, reduction="sum")
+        loss_sum = F.cross_entropy(logits, y, reduction="sum").float()  # bf16 would round the counts (> 256)
         correct = (logits.argmax(1) == y).sum()
         row = torch.stack([loss_sum, correct.to(loss_sum.dtype), torch.tensor(len(y), device=y.device, dtype=loss_sum.dtype)])
         self._sums[dataloader_idx] = self._sums.get(dataloader_idx, 0) + row

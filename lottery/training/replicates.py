@@ -42,6 +42,8 @@ from lottery.tracking.atomic import load_torch, save_torch
 from lottery.training.optim import lr_factor, make_optimizer
 
 CHECKPOINT_FORMAT = "lottery-replicate-v1"
+# Lightning's precision spellings -> the autocast dtype (None: no autocast).
+PRECISION_DTYPES: dict[str, torch.dtype | None] = {"32-true": None, "bf16-mixed": torch.bfloat16}
 WARMUP_STEPS = 3  # eager steps before a CUDA graph is captured (lazy cuBLAS / optimizer-state initialisation)
 
 
@@ -77,7 +79,7 @@ def train_replicates(model_fn: Callable[[], nn.Module], inits: Sequence[Mapping[
                      checkpoints: Sequence[Path] | None = None, checkpoint_every: int = 1000,
                      rewind: tuple[int, Callable[[int, dict[str, Tensor]], None]] | None = None,
                      crop_padding: int = 0, crop_fill: Tensor | None = None,
-                     progress: str | None = None) -> list[ReplicateRun]:
+                     progress: str | None = None, precision: str = "32-true") -> list[ReplicateRun]:
     """Train K = len(seeds) replicates from absolute iteration `start_step` to `iterations`.
 
     Replicate r starts from `inits[r]` ⊙ `masks[r]` (None: dense) and sees the batches of a `BatchStream` over
@@ -87,8 +89,12 @@ def train_replicates(model_fn: Callable[[], nn.Module], inits: Sequence[Mapping[
     `checkpoints[r]` is replicate r's resume file, written atomically every `checkpoint_every` steps and
     resumed from when all of them hold the same step. `rewind=(k, save)` calls `save(r, state)` for every
     replicate right after absolute iteration k. `crop_padding` > 0 augments training batches as `crop_flip` does
-    (padding value `crop_fill` per channel). `progress` names a progress bar (None: no bar).
+    (padding value `crop_fill` per channel). `progress` names a progress bar (None: no bar). `precision`
+    "bf16-mixed" runs forward passes and losses under bfloat16 autocast (weights and optimizer stay fp32), as
+    Lightning's precision plugin does; "32-true" is plain fp32.
     """
+    if precision not in PRECISION_DTYPES:
+        raise ValueError(f"precision={precision!r} is not supported; choose one of {', '.join(PRECISION_DTYPES)}")
     k = len(seeds)
     if not (len(inits) == len(masks) == k) or k == 0:
         raise ValueError(f"need one init and one mask per seed: {len(inits)} inits, {len(masks)} masks, {k} seeds")
@@ -151,15 +157,22 @@ def train_replicates(model_fn: Callable[[], nn.Module], inits: Sequence[Mapping[
     steps = iterations - start_step
     val_every = max(min(eval_every, steps), 1)
 
+    low = PRECISION_DTYPES[precision]
+
+    def autocast() -> Any:
+        # No autocast cache: a captured CUDA graph must recompute its casts from the live weights every replay.
+        return torch.autocast(device.type, dtype=low or torch.float32, enabled=low is not None, cache_enabled=False)
+
     def train_step() -> None:
         idx = order.index_select(1, position).squeeze(1)  # [K, batch]: replicate r's BatchStream batch i
         x = x_train[idx]
         if crop_padding:
             x = apply_crop_flip(x.flatten(0, 1), crop_offsets, crop_flips, crop_padding, fill).view_as(x)
         base.train()
-        logits = batched(params, buffers, x)
-        losses = F.cross_entropy(logits.flatten(0, 1), y_train[idx].flatten(), reduction="none")
-        losses = losses.view(k, batch_size).mean(1)
+        with autocast():
+            logits = batched(params, buffers, x)
+            losses = F.cross_entropy(logits.flatten(0, 1), y_train[idx].flatten(), reduction="none")
+        losses = losses.to(dtype).view(k, batch_size).mean(1)  # a no-op in 32-true
         grads = torch.autograd.grad(losses.sum(), plist)  # replicates are independent: d(sum)/dθ_r = dL_r/dθ_r
         with torch.no_grad():
             acc.add_(losses)
@@ -181,8 +194,10 @@ def train_replicates(model_fn: Callable[[], nn.Module], inits: Sequence[Mapping[
                 sums = torch.zeros(k, 3, device=device, dtype=dtype)
                 for lo in range(0, len(x), eval_batch_size):
                     xb, yb = x[lo:lo + eval_batch_size], y[lo:lo + eval_batch_size]
-                    logits = shared(params, buffers, xb)  # [K, b, classes]
-                    loss = F.cross_entropy(logits.flatten(0, 1), yb.repeat(k), reduction="none").view(k, -1)
+                    with autocast():
+                        logits = shared(params, buffers, xb)  # [K, b, classes]
+                        loss = F.cross_entropy(logits.flatten(0, 1), yb.repeat(k), reduction="none").view(k, -1)
+                    loss = loss.to(dtype)
                     correct = (logits.argmax(-1) == yb).sum(1)
                     sums += torch.stack([loss.sum(1), correct.to(dtype), torch.full_like(loss[:, 0], len(yb))], 1)
                 for row, (loss_sum, right, count) in zip(rows, sums.tolist(), strict=True):

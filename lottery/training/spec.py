@@ -25,4 +25,5 @@ class LevelSpec:
     num_nodes: int = 1
     deterministic: bool = True
     progress_bar: bool = True
-    engine: str = "trainer"  # trainer | fabric (see lottery.config.ENGINES)
+    engine: str = "trainer"  # trainer | fabric (see lottery.imp.schema.ENGINES; auto is resolved before this)
+    precision: str = "32-true"  # Lightning's spelling: 32-true | bf16-mixed

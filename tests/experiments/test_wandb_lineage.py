@@ -9,10 +9,10 @@ import subprocess
 import sys
 
 import pytest
-from helpers import TINY, make_config
+from helpers import TINY, imp_folder, make_config
 
+from lottery.imp.auto import resolve_auto
 from lottery.imp.job import run
-from lottery.tracking import RunStore
 from lottery.tracking.objective import sweep_objective
 
 
@@ -26,8 +26,9 @@ def test_artifact_lineage_plots_and_objective(tmp_path, mnist_root, monkeypatch)
     monkeypatch.setenv("WANDB_RUN_ID", "agenttrial1")  # as `wandb agent` sets it for the trial
     monkeypatch.setenv("LOTTERY_OBJECTIVE_REMAINING", "85")
     cfg = make_config([*TINY, "imp.levels=1", "+branch=random_reinit", "branch.seed=7", "branch.levels=[1]"])
+    cfg = resolve_auto(cfg).cfg  # as lottery.run does before the job and the sweep objective see it
     run(cfg)
-    store = RunStore(cfg.store.root, cfg, prefix="imp").path
+    store = imp_folder(cfg)
     runs = {}
     for run_dir in sorted((store / "wandb").glob("offline-run-*")):
         records = _records(run_dir)

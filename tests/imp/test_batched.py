@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, killed_at, make_config
+from helpers import TINY, imp_folder, killed_at, make_config
 
 from lottery.errors import ConfigError
+from lottery.imp.auto import resolve_auto
 from lottery.imp.job import run
 from lottery.pruning import Mask
 from lottery.run import validate
-from lottery.tracking import RunStore, load_torch
+from lottery.tracking import load_torch
 from lottery.tracking.objective import sweep_objective
 from lottery.training import replicates
 
@@ -23,7 +24,7 @@ SMALL = [*TINY, "logger=none", "imp.levels=2", "+branch=random_reinit"]
 
 def folder(tmp_path: Path, *overrides: str) -> Path:
     cfg = make_config([*SMALL, f"store.root={tmp_path}", *overrides])
-    return RunStore(cfg.store.root, cfg, prefix="imp").path
+    return imp_folder(cfg)
 
 
 def leaves(path: Path) -> list[Path]:
@@ -149,9 +150,9 @@ def test_sweep_objective_is_the_mean_over_seeds(tmp_path, mnist_root) -> None:
     for seed in (0, 1):
         one = make_config([*SMALL, f"store.root={tmp_path}", "training.engine=batched", f"seed={seed}",
                            "imp.levels=1", "~branch"])
-        per_seed.append(sweep_objective(one))
+        per_seed.append(sweep_objective(resolve_auto(one).cfg))  # lottery.run hands it the resolved config
     assert None not in per_seed
-    assert sweep_objective(cfg) == pytest.approx(sum(per_seed) / 2)
+    assert sweep_objective(resolve_auto(cfg).cfg) == pytest.approx(sum(per_seed) / 2)
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
@@ -179,7 +180,7 @@ def test_batchnorm_and_augmentation_models_run_batched(tmp_path) -> None:
     rows = run(make_config([*small, "training.engine=batched", "seeds=[0,1]", "+branch=random_reinit"]))
     assert len(rows) == 2 * 3
     for seed in (0, 1):
-        path = RunStore(tmp_path, make_config([*small, "training.engine=batched", f"seed={seed}"]), prefix="imp").path
+        path = imp_folder(make_config([*small, "training.engine=batched", f"seed={seed}"]), tmp_path)
         theta_k = load_torch(path / "rewind.pt")
         assert int(theta_k["bn.num_batches_tracked"]) == 2  # θk carries BatchNorm's statistics at iteration 2
         level1 = json.loads((path / "level_01" / "metrics.json").read_text())
@@ -205,7 +206,7 @@ def test_conv_experiment_runs_batched(tmp_path) -> None:
     assert len(rows) == 2 * 3
     for seed in (0, 1):
         one = make_config([*small, "training.engine=batched", f"seed={seed}"])
-        path = RunStore(one.store.root, one, prefix="imp").path
+        path = imp_folder(one)
         level1 = json.loads((path / "level_01" / "metrics.json").read_text())
         assert level1["replicates"] == 4 and [h["iteration"] for h in level1["history"]] == [2, 4]
         mask = Mask(load_torch(path / "level_01" / "mask.pt"))

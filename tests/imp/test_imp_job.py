@@ -6,18 +6,18 @@ import json
 
 import pytest
 import torch
-from helpers import TINY, make_config
+from helpers import TINY, imp_folder, make_config
 
 from lottery.imp.job import run
 from lottery.pruning import Mask, kept_count
-from lottery.tracking import RunStore, load_torch
+from lottery.tracking import load_torch
 from lottery.training import MaskedClassifier
 
 
 def _run(tmp_path, *overrides: str, root: str = "runs"):
     cfg = make_config([*TINY, "logger=none", f"store.root={tmp_path / root}", *overrides])
     rows = run(cfg)
-    return rows, RunStore(cfg.store.root, cfg, prefix="imp").path
+    return rows, imp_folder(cfg)
 
 
 def test_imp_end_to_end(tmp_path, mnist_root, capsys) -> None:
@@ -95,7 +95,8 @@ def _files(path):
 
 
 def test_killed_run_resumes_bitwise(tmp_path, mnist_root, monkeypatch) -> None:
-    overrides = ("imp.levels=2", "training.checkpoint_every=20")
+    # The Trainer's resume (Lightning checkpoints); Fabric's is tested in tests/training/test_fast.py.
+    overrides = ("imp.levels=2", "training.checkpoint_every=20", "training.engine=trainer")
     _, clean = _run(tmp_path, *overrides, root="clean")
 
     original = MaskedClassifier.training_step

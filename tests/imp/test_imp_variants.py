@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
-from helpers import TINY, make_config
+from helpers import TINY, imp_folder, make_config
 
 from lottery.imp.job import run
 from lottery.pruning import Mask
-from lottery.tracking import RunStore, load_torch
+from lottery.tracking import load_torch
 
 SCHEDULE = ["training.optimizer=sgd", "training.lr=0.05", "training.momentum=0.9", "training.milestones=[30]"]
 
@@ -18,7 +18,7 @@ SCHEDULE = ["training.optimizer=sgd", "training.lr=0.05", "training.momentum=0.9
 def _run(tmp_path, *overrides: str, root: str = "runs"):
     cfg = make_config([*TINY, "logger=none", f"store.root={tmp_path / root}", *overrides])
     rows = run(cfg)
-    return rows, RunStore(cfg.store.root, cfg, prefix="imp").path
+    return rows, imp_folder(cfg)
 
 
 def _history(path, level: int, sub: str = "") -> list[dict]:

@@ -8,13 +8,13 @@ import os
 
 import pytest
 import torch
-from helpers import TINY, make_config
+from helpers import TINY, imp_folder, make_config
 
 from lottery.errors import ConfigError
 from lottery.imp.job import run
 from lottery.pruning import Mask
 from lottery.run import precheck
-from lottery.tracking import RunStore, load_torch
+from lottery.tracking import load_torch
 
 BRANCH = ["+branch=instability", "branch.rewind_to=[0,20]", "branch.points=5", "imp.levels=1", "logger=none"]
 FABRIC = "training.engine=fabric"  # the Trainer's semantics with less overhead per training: keeps these fast
@@ -23,7 +23,7 @@ FABRIC = "training.engine=fabric"  # the Trainer's semantics with less overhead 
 def _run(tmp_path, *overrides: str):
     cfg = make_config([*TINY, *BRANCH, f"store.root={tmp_path / 'runs'}", *overrides])
     rows = run(cfg)
-    return cfg, rows, RunStore(cfg.store.root, cfg, prefix="imp").path
+    return cfg, rows, imp_folder(cfg)
 
 
 def _json(path):
@@ -85,7 +85,7 @@ def test_batched_engine_trains_the_copies_of_every_seed(tmp_path, mnist_root) ->
     for seed in (0, 1):
         cfg = make_config([*TINY, *BRANCH, f"store.root={tmp_path / 'runs'}", "training.engine=batched",
                            f"seed={seed}"])
-        path = RunStore(cfg.store.root, cfg, prefix="imp").path
+        path = imp_folder(cfg)
         dense = _json(path / "level_00" / f"branch_instability_k0_s{seed + 1000}-{seed + 2000}" / "instability.json")
         assert dense["percent_remaining"] == 100.0 and not dense["batchnorm_recomputed"]  # level 0: dense
         for k in (0, 20):
@@ -105,7 +105,7 @@ def test_batchnorm_networks_on_synthetic_cifar(tmp_path, exp: str) -> None:
                        "data.train_subset=64", "logger=none", "progress_bar=false", "+branch=instability",
                        "branch.rewind_to=2", "branch.points=3", "branch.levels=[1]", f"store.root={tmp_path}"])
     run(cfg)
-    path = RunStore(cfg.store.root, cfg, prefix="imp").path
+    path = imp_folder(cfg)
     result = _json(path / "level_01" / "branch_instability_k2_s1000-2000" / "instability.json")
     assert result["batchnorm_recomputed"] and len(result["errors"]) == 3
 

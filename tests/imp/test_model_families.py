@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import make_config
+from helpers import imp_folder, make_config
 
 from lottery.errors import ConfigError
 from lottery.imp.job import run
 from lottery.pruning import Mask
 from lottery.pruning.nm import check_nm
-from lottery.tracking import RunStore, load_torch
+from lottery.tracking import load_torch
 
 SMOKE = ["data=synthetic_cifar", "training.iterations=4", "training.batch_size=16", "training.eval_every=2",
          "training.checkpoint_every=1000", "imp.levels=1", "data.eval_subset=32", "logger=none", "progress_bar=false"]
@@ -19,7 +19,7 @@ SMOKE = ["data=synthetic_cifar", "training.iterations=4", "training.batch_size=1
 def _run(tmp_path, *overrides: str):
     cfg = make_config([*overrides, f"store.root={tmp_path / 'runs'}"])
     rows = run(cfg)
-    return rows, RunStore(cfg.store.root, cfg, prefix="imp").path
+    return rows, imp_folder(cfg)
 
 
 @pytest.mark.parametrize("exp,extra", [

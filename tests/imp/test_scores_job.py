@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from helpers import REPO, TINY, make_config
+from helpers import REPO, TINY, imp_folder, make_config
 
 from lottery.data import VisionDataModule
 from lottery.data.stream import BatchStream
@@ -17,14 +17,14 @@ from lottery.models import create_model
 from lottery.pruning import Mask, kept_count
 from lottery.pruning.scores import ScoreInputs, compute_scores
 from lottery.run import precheck
-from lottery.tracking import RunStore, load_torch
+from lottery.tracking import load_torch
 from lottery.tracking.store import config_hash
 
 
 def _run(tmp_path, *overrides: str):
     cfg = make_config([*TINY, "logger=none", f"store.root={tmp_path / 'runs'}", *overrides])
     rows = run(cfg)
-    return cfg, rows, RunStore(cfg.store.root, cfg, prefix="imp").path
+    return cfg, rows, imp_folder(cfg)
 
 
 def test_at_init_score_prunes_theta0_before_training(tmp_path, mnist_root) -> None:
@@ -60,7 +60,7 @@ def test_imp_with_a_score_runs_level_by_level_reproducibly(tmp_path, mnist_root)
     again = make_config([*TINY, "logger=none", f"store.root={tmp_path / 'again'}", "pruning.score=taylor1",
                          "imp.levels=1", "pruning.score_batches=2"])
     run(again)
-    other = Mask(load_torch(RunStore(again.store.root, again, prefix="imp").path / "level_01" / "mask.pt"))
+    other = Mask(load_torch(imp_folder(again) / "level_01" / "mask.pt"))
     assert other == masks[0]  # same config, same batches, same mask
 
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import REPO, make_config
+from helpers import REPO, imp_folder, make_config
 from torch import nn
 
 from lottery.errors import ConfigError, LotteryError
@@ -21,7 +21,7 @@ from lottery.models import compact, create_model, prunable_names
 from lottery.models.resnet import ResNet
 from lottery.pruning import Mask, kept_count
 from lottery.pruning.groups import channel_groups, group_prune, group_scores, prune_channel_groups
-from lottery.tracking import RunStore, load_torch
+from lottery.tracking import load_torch
 
 TOL = 1e-5
 
@@ -297,7 +297,7 @@ def test_imp_run_with_channel_groups_compacts(tmp_path) -> None:
                        "training.eval_every=2", "training.checkpoint_every=1000", "imp.levels=1",
                        "data.eval_subset=32", "logger=none", "progress_bar=false", f"store.root={tmp_path / 'runs'}"])
     imp_run(cfg)
-    path = RunStore(cfg.store.root, cfg, prefix="imp").path
+    path = imp_folder(cfg)
     mask = Mask(load_torch(path / "level_01" / "mask.pt"))
     model = create_model("resnet20", seed=0)
     model.load_state_dict(load_torch(path / "level_01" / "final.pt"))

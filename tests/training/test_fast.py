@@ -100,9 +100,9 @@ def test_fabric_refuses_a_foreign_checkpoint(tmp_path: Path) -> None:
 
 
 def test_engine_config_is_validated() -> None:
-    assert make_config(["+exp=imp_lenet"]).training.engine == "trainer"
+    assert make_config(["+exp=imp_lenet"]).training.engine == "auto"
     validate_imp(make_config(["+exp=imp_lenet", "training.engine=fabric"]))
-    with pytest.raises(ConfigError, match="training.engine='turbo'.*trainer, fabric"):
+    with pytest.raises(ConfigError, match="training.engine='turbo'.*auto, trainer, fabric"):
         validate_imp(make_config(["+exp=imp_lenet", "training.engine=turbo"]))
     with pytest.raises(ConfigError, match="training.engine=fabric trains on one device"):
         validate_imp(make_config(["+exp=imp_lenet", "training.engine=fabric", "trainer=ddp_cpu"]))

@@ -85,3 +85,19 @@ def test_cuda_graph_with_batchnorm_and_augmentation_in_float64() -> None:
         for name, value in b.state.items():
             assert torch.allclose(a.state[name], value, rtol=1e-8, atol=1e-10), name
         assert [h["val_loss"] for h in a.history] == pytest.approx([h["val_loss"] for h in b.history], rel=1e-8)
+
+
+def test_bf16_mixed_under_a_cuda_graph_equals_eager_bf16() -> None:
+    """The autocast in the captured step recomputes its casts every replay (no autocast cache)."""
+    inits, masks, train, val = problem(2)
+    kw = dict(eval_every=25, eval_sets={"val": val}, device="cuda", precision="bf16-mixed")
+    eager = train_replicates(lenet, inits, masks, train, 60, [0, 1], 60, **kw)
+    graphed = train_replicates(lenet, inits, masks, train, 60, [0, 1], 60, cuda_graph=True, **kw)
+    fp32 = train_replicates(lenet, inits, masks, train, 60, [0, 1], 60, cuda_graph=True, eval_every=25,
+                            eval_sets={"val": val}, device="cuda")
+    for r in range(2):
+        for a, b, c in zip(graphed[r].history, eager[r].history, fp32[r].history, strict=True):
+            assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-2)
+            assert a["val_loss"] == pytest.approx(c["val_loss"], rel=0.05)
+        # Weights moved by training (a stale cast cache would freeze the forward pass at the first weights).
+        assert not torch.equal(graphed[r].state["layers.0.weight"], fp32[r].state["layers.0.weight"])
