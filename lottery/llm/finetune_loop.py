@@ -72,13 +72,23 @@ def _load_checkpoint(path: Path) -> dict[str, Any] | None:
     return state
 
 
-def train_masked(model: nn.Module, masks: dict[str, Tensor], batch: Callable[[int], Tensor], spec: LoopSpec,
-                 checkpoint: Path, log: Callable[[int, dict[str, float]], None] | None = None) -> LoopResult:
-    """Train the parameters of `model` that require grad for `spec.steps` causal-LM steps, masks held.
+def distill_loss(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+    """KL(teacher || student) per token, averaged over the tokens (temperature 1), in float32."""
+    log_p = torch.log_softmax(teacher_logits.float(), dim=-1)
+    log_q = torch.log_softmax(student_logits.float(), dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
 
-    `masks` (parameter name -> bool, True = keep) is applied to those of its parameters that are trained; a
-    checkpoint at `checkpoint` (trainable parameters, optimizer, step, losses) is resumed from and rewritten
-    atomically every `spec.checkpoint_every` steps. `log(step, metrics)` receives each step's loss and lr.
+
+def train_masked(model: nn.Module, masks: dict[str, Tensor], batch: Callable[[int], Tensor], spec: LoopSpec,
+                 checkpoint: Path, log: Callable[[int, dict[str, float]], None] | None = None,
+                 teacher: nn.Module | None = None) -> LoopResult:
+    """Train the parameters of `model` that require grad for `spec.steps` steps, masks held.
+
+    The loss is the causal-LM loss, or with a `teacher` (the dense model) the KL divergence from the teacher's
+    next-token distribution. `masks` (parameter name -> bool, True = keep) is applied to those of its parameters
+    that are trained; a checkpoint at `checkpoint` (trainable parameters, optimizer, step, losses) is resumed
+    from and rewritten atomically every `spec.checkpoint_every` steps. `log(step, metrics)` receives each step's
+    loss and lr.
     """
     fabric = _fabric(spec)
     device = fabric.device
@@ -101,6 +111,8 @@ def train_masked(model: nn.Module, masks: dict[str, Tensor], batch: Callable[[in
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
     wrapped, optimizer = fabric.setup(model, optimizer)
+    if teacher is not None:
+        teacher.to(device).eval().requires_grad_(False)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -118,7 +130,13 @@ def train_masked(model: nn.Module, masks: dict[str, Tensor], batch: Callable[[in
         for group in optimizer.param_groups:
             group["lr"] = lr
         ids = batch(step).to(device)
-        loss = wrapped(input_ids=ids, labels=ids, use_cache=False).loss
+        if teacher is None:
+            loss = wrapped(input_ids=ids, labels=ids, use_cache=False).loss
+        else:
+            with torch.no_grad(), fabric.autocast():
+                target = teacher(input_ids=ids, use_cache=False).logits
+            loss = distill_loss(wrapped(input_ids=ids, use_cache=False).logits, target)
+            del target
         optimizer.zero_grad(set_to_none=True)
         fabric.backward(loss)
         with torch.no_grad():
@@ -143,4 +161,6 @@ def train_masked(model: nn.Module, masks: dict[str, Tensor], batch: Callable[[in
         save(spec.steps, seconds)  # the finished state: a rerun killed later skips straight to the end
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     model.to("cpu")
+    if teacher is not None:
+        teacher.to("cpu")
     return LoopResult(losses, seconds, peak)

@@ -19,6 +19,7 @@ from lottery.llm.corpora import CORPORA, check_corpus
 
 MODES = ("full", "lora")
 SCHEDULES = ("cosine", "constant")
+LOSSES = ("lm", "distill")
 PRECISIONS = ("32-true", "bf16-mixed")
 MASKS_FILE = "masks.safetensors"  # as lottery.llm.checkpoint writes it (not imported: it loads transformers)
 
@@ -29,6 +30,7 @@ class FinetuneConfig:
 
     source: str = MISSING  # a variant folder: absolute, relative to store.root, or just <method>_<pattern>
     mode: str = "full"  # full: masked weights and gradients | lora: peft adapters merged under the mask
+    loss: str = "lm"  # lm: next-token cross-entropy | distill: KL from the dense model's next-token distribution
     steps: int = 200
     batch_size: int = 8
     seqlen: int = 1024  # capped to the model's maximum length
@@ -134,6 +136,7 @@ def validate_finetune(cfg: DictConfig) -> Path:
                           "finetune.source=oneshot_<hash>/wanda_2of4")
     check_choice("finetune.mode", f.mode, MODES)
     check_choice("finetune.schedule", f.schedule, SCHEDULES)
+    check_choice("finetune.loss", f.loss, LOSSES)
     check_choice("finetune.precision", f.precision, PRECISIONS)
     for key in ("steps", "batch_size", "checkpoint_every", "lora_r"):
         if f[key] <= 0:

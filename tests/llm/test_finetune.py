@@ -17,7 +17,7 @@ from tiny_hf import VOCAB, make_word_tokenizer, tiny_model
 from lottery.errors import ConfigError
 from lottery.llm import finetune_loop
 from lottery.llm.finetune import run
-from lottery.llm.finetune_loop import LoopSpec, lr_factor, train_masked
+from lottery.llm.finetune_loop import LoopSpec, distill_loss, lr_factor, train_masked
 from lottery.llm.finetune_schema import validate_finetune
 from lottery.llm.job import run as run_oneshot
 from lottery.llm.lora import add_lora, merge_under_mask
@@ -103,6 +103,25 @@ def test_loss_decreases_on_a_tiny_task(tmp_path: Path, one_thread) -> None:
     assert out.losses[-1] < 0.5 * out.losses[0]
 
 
+def test_distill_loss_is_the_kl_from_the_teacher() -> None:
+    g = torch.Generator().manual_seed(4)
+    s, t = torch.randn(2, 5, 7, generator=g), torch.randn(2, 5, 7, generator=g)
+    p = torch.softmax(t, -1)
+    expected = (p * (p.log() - torch.log_softmax(s, -1))).sum(-1).mean()
+    torch.testing.assert_close(distill_loss(s, t), expected)
+    assert float(distill_loss(t, t)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_distillation_moves_the_pruned_model_toward_the_dense_one(tmp_path: Path, one_thread) -> None:
+    teacher, student = tiny_model("llama"), tiny_model("llama")
+    masks = random_masks(student)
+    ids = torch.randint(0, VOCAB, (4, 16), generator=torch.Generator().manual_seed(5))
+    out = train_masked(student, masks, lambda step: ids, spec(20, lr=1e-2), tmp_path / "last.ckpt", teacher=teacher)
+    assert out.losses[-1] < 0.5 * out.losses[0]
+    params = dict(student.named_parameters())
+    assert all(torch.all(params[n][~m] == 0) for n, m in masks.items())
+
+
 def test_lora_merge_is_mask_times_w_plus_ba(one_thread) -> None:
     model = tiny_model("llama")
     masks = random_masks(model)
@@ -159,7 +178,8 @@ def test_full_finetune_end_to_end_and_kill_resume_is_bitwise(tmp_path: Path, var
 
 def test_lora_end_to_end_keeps_exact_nm_sparsity(variant: Path, one_thread) -> None:
     # A bare <method>_<pattern> finds the only one-shot run that has it.
-    result = run(make_config([*TUNE, "finetune.source=magnitude_2:4", "finetune.mode=lora", "finetune.lora_r=2"]))
+    result = run(make_config([*TUNE, "finetune.source=magnitude_2:4", "finetune.mode=lora", "finetune.lora_r=2",
+                              "finetune.loss=distill"]))
     assert result["pattern"] == "2:4" and result["masks_hold"] and result["sparsity"] == pytest.approx(0.5)
     assert "lora_unmerged_ppl" in result
     w = _weights(next((variant / "magnitude_2of4").glob("finetune_*")))["model.layers.0.mlp.down_proj.weight"]
@@ -170,6 +190,7 @@ def test_lora_end_to_end_keeps_exact_nm_sparsity(variant: Path, one_thread) -> N
     ("finetune.source=oneshot_nope/wanda_2of4", "no such variant folder"),
     ("finetune.source=wanda_2of4", "must name one finished variant"),
     ("finetune.mode=qlora", "finetune.mode='qlora' is not allowed; choose one of full, lora"),
+    ("finetune.loss=mse", "finetune.loss='mse' is not allowed; choose one of lm, distill"),
     ("finetune.steps=0", "finetune.steps=0 must be a positive integer"),
     ("finetune.warmup=6", "finetune.warmup=6 must be in"),
     ("finetune.precision=fp16", "finetune.precision='fp16' is not allowed"),
@@ -212,3 +233,22 @@ def test_cli_missing_source_exits_2_with_one_line(tmp_path: Path) -> None:
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: finetune.source="), proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_regenerate_finetune_table(tmp_path: Path, variant: Path, one_thread) -> None:
+    import csv
+
+    from experiments.regenerate import main
+
+    assert main(["finetune", "--out", str(tmp_path / "fig")]) == 2  # nothing fine-tuned yet: one line, exit 2
+    results = [run(make_config([*TUNE, f"finetune.source={variant.name}/magnitude_{p}", f"finetune.mode={mode}"]))
+               for p, mode in (("2of4", "full"), ("unstructured", "lora"))]
+    assert main(["finetune", "--set", f"store.root={tmp_path / 'runs'}", "--out", str(tmp_path / "fig")]) == 0
+    with open(tmp_path / "fig" / "finetune" / "finetune.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["pattern"], r["mode"]) for r in rows] == [("unstructured", "lora"), ("2:4", "full")]
+    for row, result in zip(rows, results[::-1], strict=True):
+        assert float(row["finetuned_ppl"]) == pytest.approx(result["finetuned_ppl"], rel=1e-6)
+        assert float(row["gap_closed"]) == pytest.approx(result["gap_closed"], rel=1e-6, abs=1e-9)
+    md = (tmp_path / "fig" / "finetune" / "finetune.md").read_text()
+    assert f"{results[0]['finetuned_ppl']:.2f}" in md and "| magnitude | 2:4 | full |" in md
