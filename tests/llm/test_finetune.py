@@ -252,3 +252,11 @@ def test_regenerate_finetune_table(tmp_path: Path, variant: Path, one_thread) ->
         assert float(row["gap_closed"]) == pytest.approx(result["gap_closed"], rel=1e-6, abs=1e-9)
     md = (tmp_path / "fig" / "finetune" / "finetune.md").read_text()
     assert f"{results[0]['finetuned_ppl']:.2f}" in md and "| magnitude | 2:4 | full |" in md
+
+
+@pytest.mark.slow
+def test_wandb_offline_run_is_written(variant: Path, one_thread) -> None:
+    tune = [o for o in TUNE if o != "logger=none"]
+    run(make_config([*tune, f"finetune.source={variant.name}/magnitude_unstructured", "logger.mode=offline"]))
+    (folder,) = (variant / "magnitude_unstructured").glob("finetune_*")
+    assert list((folder / "wandb").glob("offline-run-*/run-*.wandb"))
