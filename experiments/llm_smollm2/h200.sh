@@ -44,11 +44,11 @@ if [ "$stage" = finetune ]; then
     'prune.method=[wanda,sparsegpt]' 'prune.pattern=[unstructured,"2:4"]' logger=none progress_bar=false 2>&1 \
     | grep --line-buffered -v "it/s]" | tee "$OUT/prune.log"
   run=$(grep -o "oneshot_[0-9a-f]\{12\}" "$OUT/prune.log" | tail -1)  # this run's folder, named by its hash
-  common="finetune.batch_size=8 finetune.seqlen=1024 finetune.warmup=20 finetune.precision=bf16-mixed finetune.checkpoint_every=100"
+  common="finetune.loss=distill finetune.batch_size=8 finetune.seqlen=1024 finetune.warmup=20 finetune.precision=bf16-mixed finetune.checkpoint_every=100"
   for mode in ${FT_MODES:-full}; do
     case $mode in  # the settings per mode; FT_ARGS (appended) overrides any of them
-      full) args="$common finetune.steps=300 finetune.lr=1e-4" ;;
-      lora) args="$common finetune.steps=300 finetune.lr=5e-4 finetune.lora_r=64 finetune.lora_alpha=128" ;;
+      full) args="$common finetune.steps=250 finetune.lr=1e-4" ;;
+      lora) args="$common finetune.steps=250 finetune.lr=5e-4 finetune.lora_r=64 finetune.lora_alpha=128" ;;
     esac
     for variant in wanda_unstructured sparsegpt_unstructured wanda_2of4 sparsegpt_2of4; do
       left=$(( ${CALL_SECONDS:-570} - (SECONDS - began) ))

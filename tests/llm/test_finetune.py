@@ -44,8 +44,8 @@ def random_masks(model: torch.nn.Module, seed: int = 0) -> dict[str, torch.Tenso
     return masks
 
 
-def spec(steps: int, lr: float = 3e-3, checkpoint_every: int = 100) -> LoopSpec:
-    return LoopSpec(steps, lr, "constant", 0, 0.1, 1.0, "32-true", "cpu", checkpoint_every, progress_bar=False)
+def spec(steps: int, lr: float = 3e-3, checkpoint_every: int = 100, precision: str = "32-true") -> LoopSpec:
+    return LoopSpec(steps, lr, "constant", 0, 0.1, 1.0, precision, "cpu", checkpoint_every, progress_bar=False)
 
 
 @pytest.fixture(scope="module")
@@ -95,12 +95,15 @@ def test_full_mode_pruned_weights_are_zero_after_every_step(tmp_path: Path, one_
     assert torch.equal(model.get_input_embeddings().weight, embed)  # frozen stays frozen
 
 
-def test_loss_decreases_on_a_tiny_task(tmp_path: Path, one_thread) -> None:
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_loss_decreases_on_a_tiny_task(tmp_path: Path, one_thread, precision: str) -> None:
     model = tiny_model("llama")
     masks = random_masks(model)
     ids = torch.randint(0, VOCAB, (4, 16), generator=torch.Generator().manual_seed(2))
-    out = train_masked(model, masks, lambda step: ids, spec(30, lr=1e-2), tmp_path / "last.ckpt")
+    out = train_masked(model, masks, lambda step: ids, spec(30, lr=1e-2, precision=precision), tmp_path / "last.ckpt")
     assert out.losses[-1] < 0.5 * out.losses[0]
+    params = dict(model.named_parameters())
+    assert all(torch.all(params[n][~m] == 0) for n, m in masks.items())
 
 
 def test_distill_loss_is_the_kl_from_the_teacher() -> None:
