@@ -18,7 +18,7 @@ from lottery.plots import write_csv
 from lottery.tracking import load_json, save_text
 
 NAME = "finetune"
-COLUMNS = ["source", "method", "pattern", "mode", "steps", "tokens_seen", "train_seconds", "dense_ppl", "source_ppl",
+COLUMNS = ["source", "method", "pattern", "mode", "loss", "steps", "tokens_seen", "train_seconds", "dense_ppl", "source_ppl",
            "finetuned_ppl", "gap_closed", "lora_unmerged_ppl", "sparsity", "masks_hold", "lr", "seqlen", "batch_size",
            "precision", "device", "folder"]
 PATTERN_ORDER = {"unstructured": 0}
@@ -36,17 +36,18 @@ def collect(root: Path) -> list[dict[str, Any]]:
     for file in sorted(root.glob("oneshot_*/*/finetune_*/result.json")):
         rows.append({**load_json(file), "folder": str(file.parent.relative_to(root))})
     return sorted(rows, key=lambda r: (PATTERN_ORDER.get(r["pattern"], 1), r["pattern"], r["method"], r["mode"],
-                                       r["folder"]))
+                                       r.get("loss", "lm"), r["folder"]))
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The table: dense, pruned and fine-tuned perplexity and the fraction of the pruning gap closed."""
-    lines = ["| Method | Sparsity | Mode | Steps | Tokens | Train s | Dense | Pruned | Fine-tuned | Gap closed |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| Method | Sparsity | Mode | Loss | Steps | Tokens | Train s | Dense | Pruned | Fine-tuned | Gap closed |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         sparsity = "50%" if r["pattern"] == "unstructured" and abs(r["sparsity"] - 0.5) < 0.01 else (
             r["pattern"] if r["pattern"] != "unstructured" else f"{100 * r['sparsity']:.1f}%")
-        lines.append(f"| {r['method']} | {sparsity} | {r['mode']} | {r['steps']} | {r['tokens_seen']:,} | "
+        lines.append(f"| {r['method']} | {sparsity} | {r['mode']} | {r.get('loss', 'lm')} | {r['steps']} | "
+                     f"{r['tokens_seen']:,} | "
                      f"{r['train_seconds']:.1f} | {r['dense_ppl']:.2f} | {r['source_ppl']:.2f} | "
                      f"{r['finetuned_ppl']:.2f} | {100 * r['gap_closed']:.1f}% |")
     calibrated = sorted({r["calibration"] for r in rows if r.get("calibration")})

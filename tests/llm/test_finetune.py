@@ -254,7 +254,7 @@ def test_regenerate_finetune_table(tmp_path: Path, variant: Path, one_thread) ->
         assert float(row["finetuned_ppl"]) == pytest.approx(result["finetuned_ppl"], rel=1e-6)
         assert float(row["gap_closed"]) == pytest.approx(result["gap_closed"], rel=1e-6, abs=1e-9)
     md = (tmp_path / "fig" / "finetune" / "finetune.md").read_text()
-    assert f"{results[0]['finetuned_ppl']:.2f}" in md and "| magnitude | 2:4 | full |" in md
+    assert f"{results[0]['finetuned_ppl']:.2f}" in md and "| magnitude | 2:4 | full | lm |" in md
 
 
 @pytest.mark.slow
