@@ -6,6 +6,7 @@ or value ends the run with one line and exit 2 before any run folder exists.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,6 +150,8 @@ def validate_finetune(cfg: DictConfig) -> Path:
         raise ConfigError(f"finetune.warmup={f.warmup} must be in [0, finetune.steps={f.steps})")
     if f.weight_decay < 0 or f.grad_clip < 0 or not 0 <= f.lora_dropout < 1:
         raise ConfigError("finetune.weight_decay and finetune.grad_clip must be >= 0, finetune.lora_dropout in [0, 1)")
+    if f.mode == "lora" and importlib.util.find_spec("peft") is None:
+        raise ConfigError("finetune.mode=lora needs the Python package peft (pip install peft, or the .[llm] extra)")
     if f.train_embeddings and f.mode != "full":
         raise ConfigError("finetune.train_embeddings=true needs finetune.mode=full (LoRA trains adapters only)")
     device = f.device

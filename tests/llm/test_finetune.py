@@ -126,6 +126,7 @@ def test_distillation_moves_the_pruned_model_toward_the_dense_one(tmp_path: Path
 
 
 def test_lora_merge_is_mask_times_w_plus_ba(one_thread) -> None:
+    pytest.importorskip("peft")
     model = tiny_model("llama")
     masks = random_masks(model)
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -180,6 +181,7 @@ def test_full_finetune_end_to_end_and_kill_resume_is_bitwise(tmp_path: Path, var
 
 
 def test_lora_end_to_end_keeps_exact_nm_sparsity(variant: Path, one_thread) -> None:
+    pytest.importorskip("peft")
     # A bare <method>_<pattern> finds the only one-shot run that has it.
     result = run(make_config([*TUNE, "finetune.source=magnitude_2:4", "finetune.mode=lora", "finetune.lora_r=2",
                               "finetune.loss=distill"]))
@@ -239,6 +241,7 @@ def test_cli_missing_source_exits_2_with_one_line(tmp_path: Path) -> None:
 
 
 def test_regenerate_finetune_table(tmp_path: Path, variant: Path, one_thread) -> None:
+    pytest.importorskip("peft")
     import csv
 
     from experiments.regenerate import main
