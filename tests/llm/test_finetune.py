@@ -115,11 +115,13 @@ def test_distill_loss_is_the_kl_from_the_teacher() -> None:
     assert float(distill_loss(t, t)) == pytest.approx(0.0, abs=1e-6)
 
 
-def test_distillation_moves_the_pruned_model_toward_the_dense_one(tmp_path: Path, one_thread) -> None:
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_distillation_moves_the_pruned_model_toward_the_dense_one(tmp_path: Path, one_thread, precision: str) -> None:
     teacher, student = tiny_model("llama"), tiny_model("llama")
     masks = random_masks(student)
     ids = torch.randint(0, VOCAB, (4, 16), generator=torch.Generator().manual_seed(5))
-    out = train_masked(student, masks, lambda step: ids, spec(20, lr=1e-2), tmp_path / "last.ckpt", teacher=teacher)
+    out = train_masked(student, masks, lambda step: ids, spec(20, lr=1e-2, precision=precision),
+                       tmp_path / "last.ckpt", teacher=teacher)
     assert out.losses[-1] < 0.5 * out.losses[0]
     params = dict(student.named_parameters())
     assert all(torch.all(params[n][~m] == 0) for n, m in masks.items())
