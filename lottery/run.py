@@ -27,6 +27,8 @@ from lottery.errors import ConfigError, LotteryError
 from lottery.imp.job import resolve as resolve_imp
 from lottery.imp.job import run as run_imp
 from lottery.imp.schema import register_imp_configs, validate_imp
+from lottery.llm.finetune import run as run_finetune
+from lottery.llm.finetune_schema import register_finetune_configs, validate_finetune
 from lottery.llm.job import run as run_oneshot
 from lottery.llm.schema import register_oneshot_configs, validate_oneshot
 from lottery.tracking.objective import sweep_objective
@@ -53,6 +55,7 @@ class Job(NamedTuple):
 JOBS: dict[str, Job] = {
     "imp": Job(validate_imp, run_imp, resolve_imp),
     "oneshot": Job(validate_oneshot, run_oneshot),
+    "finetune": Job(validate_finetune, run_finetune),
 }
 
 
@@ -62,6 +65,7 @@ def register_configs() -> None:
     register_root_configs(cs)
     register_imp_configs(cs)
     register_oneshot_configs(cs)
+    register_finetune_configs(cs)
 
 
 def job_of(cfg: DictConfig) -> Job:

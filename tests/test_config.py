@@ -17,6 +17,10 @@ EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "exp").glob("*.yaml"))
 def test_every_experiment_composes(exp: str) -> None:
     cfg = make_config([f"+exp={exp}"])
     assert cfg.name == exp
+    if cfg.job == "finetune":  # fine-tunes a stored variant: there is none to default to, and it says so
+        with pytest.raises(ConfigError, match="finetune.source is not set"):
+            validate(cfg)
+        return
     # Without an optional data package the experiment must stop with the one line that says how to install it.
     if str(cfg.get("model", {}).get("name_or_path", "")).startswith("pkg:") and not _package_here(cfg):
         with pytest.raises(ConfigError, match="is not installed"):
