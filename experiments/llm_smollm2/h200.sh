@@ -38,7 +38,7 @@ sha256sum -c /tmp/gguf.sha256 || exit 1
 cp /tmp/gguf.sha256 "$OUT/gguf.sha256"
 # The text root at the path the developers' machines have, so that the run hashes (which hold eval.text) match.
 [ -e /work/shared/data/text ] || { mkdir -p /work/shared/data && ln -s "$PWD/h200/text" /work/shared/data/text; }
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 LOTTERY_TEXT=/work/shared/data/text \
+export KEEP_RUNS=$KEEP/runs PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 LOTTERY_TEXT=/work/shared/data/text \
   R_LIBS_SITE=$PWD/h200/rlib LOTTERY_RUNS=$KEEP/runs TOKENIZERS_PARALLELISM=true WANDB_MODE=offline
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; nproc; python3 -V
   python3 -c "import torch, transformers, gguf, rdata, peft; print('torch', torch.__version__, 'cuda', torch.version.cuda,
