@@ -6,6 +6,7 @@
 
 Run folder `oneshot_<hash>/`: config.yaml, `<method>_<pattern>/model/` (safetensors + masks.safetensors +
 prune_report.json), `<method>_<pattern>/result.json` (written last: marks the variant done), results.json.
+A structured pattern (`neurons`, `neurons+heads`; lottery.llm.structured_job) stores the narrower model instead.
 The dense model's score is cached in `dense_<hash>/` (keyed by model and evaluation only), a trained charlm in
 `charlm_<hash>/`. A rerun skips finished variants.
 """
@@ -38,6 +39,8 @@ from lottery.llm.perplexity import perplexity
 from lottery.llm.schema import as_list, parse_pattern, resolve_model_path, validate_oneshot
 from lottery.llm.sequential import prune_model
 from lottery.llm.sources import gguf_model_folder
+from lottery.llm.structured_job import check_structured_patterns, structured_variant
+from lottery.llm.structured_schema import is_structured
 from lottery.tracking import RunStore, load_json, load_torch, save_json, save_torch
 from lottery.tracking.atomic import atomic_dir
 
@@ -60,7 +63,7 @@ class Subject:
 
 
 def _pattern_dirname(pattern: str) -> str:
-    return str(pattern).replace(":", "of")
+    return str(pattern).replace(":", "of").replace("+", "_")
 
 
 def _device(cfg: DictConfig) -> torch.device:
@@ -344,6 +347,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
         subject = build_subject(cfg)
         probe = subject.load()
         check_nm_widths(probe, patterns, list(cfg.prune.include), list(cfg.prune.exclude))
+        check_structured_patterns(probe, patterns, cfg.prune.sparsity)
     except ValueError as err:  # unsupported architecture, too little text for seqlen, ...
         if isinstance(err, LotteryError):
             raise
@@ -358,7 +362,8 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
         for pattern in patterns:
             for method in methods:
                 folder = store.file(f"{method}_{_pattern_dirname(pattern)}")
-                rows.append(prune_variant(cfg, subject, method, pattern, folder))
+                variant = structured_variant if is_structured(pattern) else prune_variant
+                rows.append(variant(cfg, subject, method, pattern, folder))
         brief = [{k: v for k, v in r.items() if k != "layers"} for r in rows]
         save_json({"dense": dense, "metric": subject.metric, "calibration": subject.calibration, "results": brief},
                   store.file("results.json"))
