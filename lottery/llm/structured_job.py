@@ -12,6 +12,8 @@ calibration window (a check that the export is exact).
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
 import time
 from pathlib import Path
@@ -53,6 +55,35 @@ def check_structured_patterns(model: nn.Module, patterns: list[str], sparsity: f
     for pattern in patterns:
         if pattern in STRUCTURED_PATTERNS:
             check_structured(model, *ratios(pattern, sparsity), note=f" (prune.pattern={pattern})")
+
+
+# Input norms of the dense model, kept for the process: they depend only on the model and the calibration windows,
+# and a sweep prunes one model at many ratios and both patterns (each a calibration pass otherwise). Never mutated.
+_NORMS: dict[str, list[dict[str, torch.Tensor]]] = {}
+
+
+def _norms_key(cfg: DictConfig, calib_ids: torch.Tensor) -> str:
+    from omegaconf import OmegaConf
+
+    model = json.dumps(OmegaConf.to_container(cfg.model, resolve=True), sort_keys=True)
+    return hashlib.sha256(model.encode() + calib_ids.cpu().numpy().tobytes()).hexdigest()
+
+
+def _wanda_norms(cfg: DictConfig, subject: Subject, model: nn.Module, device: torch.device
+                 ) -> list[dict[str, torch.Tensor]]:
+    """||X_j|| of every block's inputs over the calibration windows (one dense forward per window, once)."""
+    key = _norms_key(cfg, subject.calib_ids)
+    if key not in _NORMS:
+        if len(_NORMS) >= 4:
+            _NORMS.clear()
+        model.to(device)
+        windows = tqdm(subject.calib_ids.split(1), desc="structured: input norms", unit="window",
+                       disable=not cfg.progress_bar)
+        try:
+            _NORMS[key] = calibration_norms(model, windows)
+        finally:
+            model.to("cpu")
+    return _NORMS[key]
 
 
 def _numel(model: nn.Module) -> int:
@@ -98,11 +129,7 @@ def structured_variant(cfg: DictConfig, subject: Subject, method: str, pattern: 
     model = subject.load()
     began = time.perf_counter()
     if method == "wanda":
-        model.to(device)
-        windows = tqdm(subject.calib_ids.split(1), desc="structured: input norms", unit="window",
-                       disable=not cfg.progress_bar)
-        norms = calibration_norms(model, windows)
-        model.to("cpu")
+        norms = _wanda_norms(cfg, subject, model, device)
     else:  # magnitude: the unit score is sum |W|
         norms = unit_norms(model)
     plan = plan_structured(model, norms, mlp_ratio, kv_ratio)
