@@ -97,7 +97,7 @@ def draw(runs: dict[tuple[Any, ...], Run], options: Options, out: Path) -> list[
                         label=f"{LABELS[method]}, {LABELS[pattern]}")
         ax.axhline(dense["value"], color="gray", linestyle=":", label="dense")
         ax.set_yscale("log")
-        ax.set(xlabel=x_label, ylabel=dense["metric"], title=f"{dense['model']}, structured one-shot")
+        ax.set(xlabel=x_label, ylabel=dense["metric"], title=dense["model"])
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     paths = [*save_figure(fig, out, NAME), write_csv(rows, COLUMNS, out / f"{NAME}.csv")]
