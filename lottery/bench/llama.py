@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from lottery.pruning.nm import nm_mask
 
-__all__ = ["BLOCK_LINEARS", "LlamaDims", "TinyLlama", "build_models", "llama7b_dims"]
+__all__ = ["BLOCK_LINEARS", "Block", "DenseLinear", "LlamaDims", "TinyLlama", "build_models", "llama7b_dims"]
 
 BLOCK_LINEARS = ("q", "k", "v", "o", "gate", "up", "down")
 
@@ -33,6 +33,12 @@ class LlamaDims:
     vocab: int
     eps: float
     rope_theta: float
+    head_dim: int | None = None  # None: hidden // heads; set when heads were removed (a narrowed model)
+
+    @property
+    def hd(self) -> int:
+        """The width of one attention head."""
+        return self.head_dim or self.hidden // self.heads
 
 
 def llama7b_dims(layers: int | None = None) -> LlamaDims:
@@ -71,7 +77,7 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kc: Tensor, vc: Tensor, pos: int) -> Tensor:
         b, t, _ = x.shape
-        d, hd = self.d, self.d.hidden // self.d.heads
+        d, hd = self.d, self.d.hd
         h = _rms(x, self.norm1, d.eps)
         q = self.lin["q"](h).view(b, t, d.heads, hd).transpose(1, 2)
         k = self.lin["k"](h).view(b, t, d.kv_heads, hd).transpose(1, 2)
@@ -84,7 +90,7 @@ class Block(nn.Module):
         else:  # decode: one new token attends to the whole cache up to itself, no mask needed
             a = F.scaled_dot_product_attention(q, kc[:, :, :pos + t], vc[:, :, :pos + t],
                                                enable_gqa=d.kv_heads != d.heads)
-        x = x + self.lin["o"](a.transpose(1, 2).reshape(b, t, d.hidden))
+        x = x + self.lin["o"](a.transpose(1, 2).reshape(b, t, d.heads * hd))
         h = _rms(x, self.norm2, d.eps)
         return x + self.lin["down"](F.silu(self.lin["gate"](h)) * self.lin["up"](h))
 
@@ -115,6 +121,9 @@ class _Dense(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight)
+
+
+DenseLinear = _Dense  # x -> x·Wᵀ over a fixed weight (no bias), the dense models' linear
 
 
 class _Stub(nn.Module):

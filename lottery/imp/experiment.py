@@ -203,7 +203,7 @@ def prepare(cfg: DictConfig, tensors: dict[str, Any] | None = None
                          num_classes=info.num_classes)
     rates, output_name = pruning_rates(cfg, model)
     check_pattern(model.state_dict(), Mask.ones(model, prunable_names(model)), rates, cfg.pruning, output_name,
-                  model)
+                  model, level=max(1, cfg.imp.levels))
     return steps, datamodule, model, rates, output_name
 
 
@@ -234,11 +234,16 @@ def close_experiment(exp: Experiment, rows: list[dict[str, Any]]) -> None:
 
 
 def check_pattern(weights: dict[str, Any], mask: Mask, rates: dict, p: DictConfig, output_name: str,
-                  model: Any = None) -> None:
-    """Compute a first pruning step on θ0 so a pattern that cannot fit a layer fails before any training."""
+                  model: Any = None, level: int = 1) -> None:
+    """Compute the deepest level's mask on θ0 so a pattern that cannot fit a layer fails before any training.
+
+    Every level's target is set from the level alone (kept_count(size, rate, level) falls with the level), so
+    the deepest level, `imp.levels` (also one-shot's target), is the one that could empty a channel group."""
     try:
-        next_mask(weights, mask, 1, rates, p.rate, p.pattern, p.norm, output_name, parse_nm(p.pattern),
+        next_mask(weights, mask, level, rates, p.rate, p.pattern, p.norm, output_name, parse_nm(p.pattern),
                   model=model)
+    except ConfigError:
+        raise  # already one line naming the key (e.g. a rate that empties a channel group at some level)
     except ValueError as err:
         raise ConfigError(f"pruning.pattern={p.pattern}: {err}; leave such layers out with "
                           "pruning.exclude=[name]") from None

@@ -7,6 +7,7 @@
 Run folder `oneshot_<hash>/`: config.yaml, `<method>_<pattern>/model/` (safetensors + masks.safetensors +
 prune_report.json), `<method>_<pattern>/result.json` (written last: marks the variant done), results.json.
 A non-uniform allocation (`prune.allocation=owl|linear`) adds a suffix: `wanda_unstructured_owl/`.
+A structured pattern (`neurons`, `neurons+heads`; lottery.llm.structured_job) stores the narrower model instead.
 The dense model's score is cached in `dense_<hash>/` (keyed by model and evaluation only), OWL's outlier ratios
 in `owl_<hash>/` (keyed by model, calibration, owl_m and the pruned layers), a trained charlm in
 `charlm_<hash>/`. A rerun skips finished variants.
@@ -42,6 +43,8 @@ from lottery.llm.perplexity import perplexity
 from lottery.llm.schema import allocations, as_list, parse_pattern, resolve_model_path, validate_oneshot
 from lottery.llm.sequential import prune_model
 from lottery.llm.sources import gguf_model_folder
+from lottery.llm.structured_job import check_structured_patterns, structured_variant
+from lottery.llm.structured_schema import is_structured
 from lottery.tracking import RunStore, load_json, load_torch, save_json, save_torch
 from lottery.tracking.atomic import atomic_dir
 
@@ -64,7 +67,7 @@ class Subject:
 
 
 def _pattern_dirname(pattern: str) -> str:
-    return str(pattern).replace(":", "of")
+    return str(pattern).replace(":", "of").replace("+", "_")
 
 
 def variant_dirname(method: str, pattern: str, allocation: str = "uniform") -> str:
@@ -414,6 +417,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
         subject = build_subject(cfg)
         probe = subject.load()
         check_nm_widths(probe, patterns, list(cfg.prune.include), list(cfg.prune.exclude))
+        check_structured_patterns(probe, patterns, cfg.prune.sparsity)
     except ValueError as err:  # unsupported architecture, too little text for seqlen, ...
         if isinstance(err, LotteryError):
             raise
@@ -421,7 +425,8 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     if subject.calibration:
         print(f"calibration: {subject.calibration}", flush=True)
     if any(a != "uniform" for a in allocs) and any(p != "unstructured" for p in patterns):
-        print("note: N:M patterns are uniform by definition; they run only prune.allocation=uniform", flush=True)
+        print("note: N:M and structured patterns are uniform by definition; they run only prune.allocation=uniform",
+              flush=True)
     plans = plan_allocations(cfg, subject, probe, allocs, patterns)
     del probe
     dense = dense_score(cfg, subject)
@@ -430,7 +435,10 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
         log.info("Run folder: %s", store.path)
         for method, pattern, allocation in variants(methods, patterns, allocs):
             folder = store.file(variant_dirname(method, pattern, allocation))
-            rows.append(prune_variant(cfg, subject, method, pattern, folder, allocation, plans.get(allocation)))
+            if is_structured(pattern):
+                rows.append(structured_variant(cfg, subject, method, pattern, folder))
+            else:
+                rows.append(prune_variant(cfg, subject, method, pattern, folder, allocation, plans.get(allocation)))
         brief = [{k: v for k, v in r.items() if k != "layers"} for r in rows]
         save_json({"dense": dense, "metric": subject.metric, "calibration": subject.calibration, "results": brief},
                   store.file("results.json"))

@@ -20,6 +20,7 @@ from lottery.errors import ConfigError
 from lottery.llm.allocation import ALLOCATIONS
 from lottery.llm.corpora import CORPORA, check_corpus
 from lottery.llm.methods import METHODS
+from lottery.llm.structured_schema import STRUCTURED_PATTERNS, check_structured_prune
 from lottery.pruning.nm import parse_nm
 
 MODEL_KINDS = ("hf", "charlm")
@@ -82,8 +83,8 @@ class PruneConfig:
     """`method` and `pattern` take one value or a list (then every combination is pruned and compared)."""
 
     method: Any = "sparsegpt"  # magnitude | wanda | sparsegpt, or a list of them
-    sparsity: float = 0.5  # unstructured only; N:M patterns fix it at 1 - N/M
-    pattern: Any = "unstructured"  # unstructured | N:M (e.g. 2:4, 4:8), or a list of them
+    sparsity: float = 0.5  # unstructured: of the weights; structured: of the units of every block; N:M: 1 - N/M
+    pattern: Any = "unstructured"  # unstructured | N:M (e.g. 2:4) | neurons | neurons+heads, or a list of them
     blocksize: int = 128  # SparseGPT's lazy-update block (a multiple of M)
     percdamp: float = 0.01  # SparseGPT's damping, a fraction of mean(diag H)
     per_row: bool = False  # magnitude: compare weights within each output row instead of the whole matrix
@@ -157,11 +158,13 @@ def register_oneshot_configs(cs: ConfigStore) -> None:
 
 
 def parse_pattern(pattern: str, key: str = "prune.pattern") -> tuple[int, int] | None:
-    """(n, m) of an N:M pattern, None for "unstructured"; ConfigError naming `key` otherwise."""
-    if pattern == "unstructured":
+    """(n, m) of an N:M pattern, None for "unstructured" or a structured pattern (`neurons`, `neurons+heads`);
+    ConfigError naming `key` otherwise."""
+    if pattern == "unstructured" or pattern in STRUCTURED_PATTERNS:
         return None
     if (nm := parse_nm(pattern, key)) is None:
-        raise ConfigError(f"{key}={pattern!r} is malformed; use unstructured or N:M with integers, e.g. 2:4")
+        raise ConfigError(f"{key}={pattern!r} is malformed; use unstructured, N:M with integers (e.g. 2:4), "
+                          f"or a structured pattern: {', '.join(STRUCTURED_PATTERNS)}")
     return nm
 
 
@@ -254,8 +257,9 @@ def _check_allocation(p: DictConfig) -> None:
                           f"[0, min(s, 1 - s)) = [0, {min(s, 1 - s):g})")
     nm = [x for x in patterns if x != "unstructured"]
     if nm and "uniform" not in chosen:
-        raise ConfigError(f"prune.allocation={chosen} has no uniform entry, but prune.pattern {nm[0]} is N:M and N:M "
-                          "patterns are uniform by definition; add uniform to prune.allocation or drop the N:M pattern")
+        raise ConfigError(f"prune.allocation={chosen} has no uniform entry, but prune.pattern {nm[0]} is N:M or "
+                          "structured, which are uniform by definition; add uniform to prune.allocation or drop that "
+                          "pattern")
 
 
 def validate_oneshot(cfg: DictConfig) -> None:
@@ -286,6 +290,8 @@ def validate_oneshot(cfg: DictConfig) -> None:
     if p.blocksize <= 0:
         raise ConfigError(f"prune.blocksize={p.blocksize} must be a positive integer")
     _check_allocation(p)
+    check_structured_prune([str(x) for x in as_list(p.method)], [str(x) for x in as_list(p.pattern)],
+                           list(p.include), list(p.exclude))
     if p.percdamp < 0:
         raise ConfigError(f"prune.percdamp={p.percdamp} must be >= 0")
     c = cfg.calibration

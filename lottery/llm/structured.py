@@ -24,7 +24,8 @@ from torch import Tensor, nn
 from lottery.errors import ConfigError, LotteryError
 from lottery.export.width import narrow_linear
 
-__all__ = ["StructuredPlan", "apply_mask_", "calibration_norms", "export_narrow", "plan_structured"]
+__all__ = ["StructuredPlan", "apply_mask_", "calibration_norms", "check_structured", "export_narrow", "plan_structured",
+           "unit_norms"]
 
 _MLP = ("gate_proj", "up_proj", "down_proj")
 _ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -45,14 +46,14 @@ def _blocks(model: nn.Module) -> list[nn.Module]:
     inner = getattr(model, "model", None)
     layers = getattr(inner, "layers", None)
     if layers is None:
-        raise LotteryError(f"structured LLM pruning: {type(model).__name__} has no model.layers (LLaMA-style "
+        raise ConfigError(f"structured LLM pruning: {type(model).__name__} has no model.layers (LLaMA-style "
                            "decoders only: Llama, Mistral, Qwen2, SmolLM2)")
     for i, block in enumerate(layers):
         for part, names in (("mlp", _MLP), ("self_attn", _ATTN)):
             mod = getattr(block, part, None)
             missing = [n for n in names if not isinstance(getattr(mod, n, None), nn.Linear)]
             if missing:
-                raise LotteryError(f"structured LLM pruning: model.layers.{i}.{part} has no nn.Linear "
+                raise ConfigError(f"structured LLM pruning: model.layers.{i}.{part} has no nn.Linear "
                                    f"{', '.join(missing)}; its units cannot be resolved")
     return list(layers)
 
@@ -82,6 +83,44 @@ def calibration_norms(model: nn.Module, batches: Iterable[Tensor]) -> list[dict[
     return [{k: v.sqrt() for k, v in s.items()} for s in sums]
 
 
+def unit_norms(model: nn.Module) -> list[dict[str, Tensor]]:
+    """All-ones input norms: with them the Wanda unit score is the plain magnitude score sum |W|."""
+    out = []
+    for block in _blocks(model):
+        mlp, attn = block.mlp, block.self_attn
+        out.append({"gate_proj": torch.ones(mlp.gate_proj.in_features, dtype=torch.float64),
+                    "down_proj": torch.ones(mlp.down_proj.in_features, dtype=torch.float64),
+                    "q_proj": torch.ones(attn.q_proj.in_features, dtype=torch.float64),
+                    "o_proj": torch.ones(attn.o_proj.in_features, dtype=torch.float64)})
+    return out
+
+
+def _kept(ratio: float, units: int) -> int:
+    """How many units of `units` a block keeps at `ratio` removed (the one rounding rule)."""
+    return round((1 - ratio) * units)
+
+
+def check_structured(model: nn.Module, mlp_ratio: float, kv_ratio: float, key: str = "prune.sparsity",
+                     note: str = "") -> None:
+    """ConfigError (naming `key`, then `note`, and the layer) if the ratios remove every unit of some block, or if the
+    model's MLP / attention coupling cannot be resolved; nothing is computed on the weights."""
+    for name, ratio in (("mlp_ratio", mlp_ratio), ("kv_ratio", kv_ratio)):
+        _check_ratio(name, ratio)
+    for i, block in enumerate(_blocks(model)):
+        width = block.mlp.up_proj.out_features
+        if _kept(mlp_ratio, width) == 0:
+            raise ConfigError(f"{key}={mlp_ratio}{note} removes every neuron of model.layers.{i}.mlp ({width}); "
+                              f"it must be below {1 - 0.5 / width:.4g}")
+        groups = _kv_heads(model.config)
+        if _kept(kv_ratio, groups) == 0:
+            raise ConfigError(f"{key}={kv_ratio}{note} removes every key/value group of model.layers.{i}.self_attn "
+                              f"({groups}); it must be below {1 - 0.5 / groups:.4g}, or use prune.pattern=neurons")
+
+
+def _kv_heads(cfg: object) -> int:
+    return getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+
+
 def _wanda(weight: Tensor, norms: Tensor) -> Tensor:
     """Wanda's per-weight score |W_ij| * ||X_j||."""
     return weight.detach().double().cpu().abs() * norms
@@ -104,20 +143,20 @@ def plan_structured(model: nn.Module, norms: list[dict[str, Tensor]], mlp_ratio:
     _check_ratio("kv_ratio", kv_ratio)
     blocks = _blocks(model)
     cfg = model.config
-    heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+    heads, kv_heads = cfg.num_attention_heads, _kv_heads(cfg)
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     n_rep = heads // kv_heads
     mlp_keep, kv_keep = [], []
     for i, (block, x) in enumerate(zip(blocks, norms, strict=True)):
         mlp, attn = block.mlp, block.self_attn
         width = mlp.up_proj.out_features
-        k = round((1 - mlp_ratio) * width)
+        k = _kept(mlp_ratio, width)
         if k == 0:
             raise ConfigError(f"mlp_ratio={mlp_ratio} removes every neuron of model.layers.{i}.mlp ({width})")
         score = (_wanda(mlp.gate_proj.weight, x["gate_proj"]).sum(1) + _wanda(mlp.up_proj.weight, x["gate_proj"])
                  .sum(1) + _wanda(mlp.down_proj.weight, x["down_proj"]).sum(0))
         mlp_keep.append(_keep_top(score, k))
-        g = round((1 - kv_ratio) * kv_heads)
+        g = _kept(kv_ratio, kv_heads)
         if g == 0:
             raise ConfigError(f"kv_ratio={kv_ratio} removes every key/value group of model.layers.{i}.self_attn "
                               f"({kv_heads})")

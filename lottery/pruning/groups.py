@@ -329,8 +329,9 @@ def group_prune(weights: Mapping[str, Tensor], mask: Mask, groups: list[ChannelG
                               " prune every Linear/Conv weight or exclude the group's layers")
         k = kept_count(group.size, rate, level)
         if k == 0:
-            raise ConfigError(f"pruning.rate={rate} at level {level} would remove every channel of the "
-                              f"{group.label()}; lower pruning.rate or imp.levels")
+            first = next((lv for lv in range(1, int(level) + 1) if kept_count(group.size, rate, lv) == 0), level)
+            raise ConfigError(f"pruning.rate={rate} would remove every channel of the {group.label()} at level "
+                              f"{first} (of {level}); lower pruning.rate or imp.levels")
         score, alive = group_scores(weights, new, group, norm)
         ranked = torch.where(alive, score, torch.tensor(float("-inf"), dtype=score.dtype))
         gone = torch.ones(group.size, dtype=torch.bool)

@@ -308,3 +308,22 @@ def test_imp_run_with_channel_groups_compacts(tmp_path) -> None:
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         assert (model(x) - small(x)).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("levels,fails", [(2, False), (3, True)])
+def test_rate_that_empties_a_group_at_a_later_level_fails_before_the_run(tmp_path, mnist_root, levels, fails) -> None:
+    """LeNet's 300-channel group keeps round(300 * 0.1**L) channels: 30, 3, then 0 at level 3. Level 1 alone
+    is fine, so only a check of every level catches it; it must fail in prepare, before any run folder."""
+    from lottery.errors import ConfigError
+    from lottery.imp.experiment import prepare
+
+    cfg = make_config(["+exp=imp_lenet", "pruning=layerwise", "pruning.pattern=channel_groups", "pruning.rate=0.9",
+                       f"imp.levels={levels}", f"data.root={mnist_root}", "data.train_subset=64",
+                       "data.eval_subset=64", "logger=none", f"store.root={tmp_path / 'runs'}"])
+    if fails:
+        with pytest.raises(ConfigError, match=r"pruning\.rate=0\.9 would remove every channel of the group of "
+                                              r"layers\.0 \(2 layers, 300 channels\) at level 3 \(of 3\)"):
+            prepare(cfg)
+    else:
+        prepare(cfg)
+    assert not (tmp_path / "runs").exists()
