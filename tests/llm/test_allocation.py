@@ -177,7 +177,7 @@ def test_job_runs_every_allocation_and_nm_only_uniform(tiny_folder: Path, capsys
                  "prune.sparsity=0.6", "prune.allocation=[uniform,linear,owl]", "prune.owl_m=2"]
     rows = run(_cfg(*overrides))
     out = capsys.readouterr().out
-    assert out.count("N:M patterns are uniform by definition") == 1 and "allocation" in out
+    assert out.count("structured patterns are uniform by definition") == 1 and "allocation" in out
     assert [(r["pattern"], r["allocation"]) for r in rows] == [
         ("unstructured", "uniform"), ("unstructured", "linear"), ("unstructured", "owl"), ("2:4", "uniform")]
     path = RunStore(_cfg(*overrides).store.root, _cfg(*overrides), prefix="oneshot").path
@@ -226,7 +226,7 @@ def test_bad_allocation_values(tiny_folder: Path, override: str, message: str) -
 
 
 def test_nm_with_only_owl_is_a_config_error(tiny_folder: Path) -> None:
-    with pytest.raises(ConfigError, match="N:M patterns are uniform by definition"):
+    with pytest.raises(ConfigError, match="N:M or structured, which are uniform by definition"):
         validate_oneshot(_cfg(f"model.name_or_path={tiny_folder}", "prune.pattern=[unstructured,'2:4']",
                               "prune.allocation=[owl]"))
     # Uniform runs keep working at a sparsity below the default lambda (lambda only matters for owl and linear).
