@@ -58,7 +58,7 @@ class FinetuneRootConfig(RootConfig):
     job: str = MISSING
     name: str = MISSING
     seed: int = MISSING
-    seeds: list[int] | None = MISSING
+    seeds: list[int] | None = None  # not MISSING: merged onto the root's null, MISSING would win
     progress_bar: bool = MISSING
     logger: LoggerConfig = MISSING
     store: StoreConfig = MISSING
