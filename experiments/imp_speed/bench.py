@@ -78,7 +78,7 @@ SHIMS = _shim_imports()
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from lottery.data import VisionDataModule  # noqa: E402
+from lottery.data import DataSpec, LoaderSpec, VisionDataModule  # noqa: E402
 from lottery.imp.auto import auto_engine  # noqa: E402
 from lottery.imp.level import LevelSpec, train_level  # noqa: E402
 from lottery.models import create_model, prunable_names  # noqa: E402
@@ -131,7 +131,7 @@ def run_engine(engine: str, model_name: str, data: dict, init: dict, mask: Mask,
     name, shape = SHAPES[model_name]
     model = create_model(model_name, seed=0, input_shape=shape, num_classes=10)
     model.load_state_dict(init)
-    dm = VisionDataModule(name, root="/nonexistent", download=False, batch_size=60, seed=0)
+    dm = VisionDataModule(DataSpec(name, root="/nonexistent", download=False), LoaderSpec(batch_size=60, seed=0))
     dm.tensors = dict(data)
     dm.device = device
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,7 +1,7 @@
 """Datasets: in-memory vision datamodules with a resumable, seeded batch order."""
 
 from lottery.data.stream import BatchStream, EvalBatches, epoch_permutation
-from lottery.data.vision import DATASETS, DatasetInfo, VisionDataModule, load_split
+from lottery.data.vision import DATASETS, DatasetInfo, DataSpec, LoaderSpec, VisionDataModule, load_split
 
-__all__ = ["DATASETS", "BatchStream", "DatasetInfo", "EvalBatches", "VisionDataModule", "epoch_permutation",
-           "load_split"]
+__all__ = ["DATASETS", "BatchStream", "DataSpec", "DatasetInfo", "EvalBatches", "LoaderSpec", "VisionDataModule",
+           "epoch_permutation", "load_split"]

@@ -7,9 +7,10 @@ import logging
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -118,6 +119,42 @@ def load_split(name: str, root: str, train: bool, download: bool) -> tuple[torch
     return DATASETS[name].loader(root, train, download)
 
 
+@dataclass(frozen=True)
+class DataSpec:
+    """Which examples a run sees (the `data` config group): the dataset, where it lives, the validation
+    hold-out (the last `val_size` examples of a permutation seeded by `split_seed`), optional subsets, and
+    whether training batches are augmented (random crop with padding 4 and horizontal flip)."""
+
+    name: str
+    root: str
+    download: bool = True
+    val_size: int = 5000
+    split_seed: int = 0
+    train_subset: int | None = None
+    eval_subset: int | None = None
+    augment: bool = False
+
+    @classmethod
+    def from_config(cls, data: Any) -> DataSpec:
+        """The spec of a `data` config group (a DictConfig or any object with these attributes)."""
+        return cls(**{f.name: getattr(data, f.name) for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class LoaderSpec:
+    """How batches come: `batch_size` training examples in the order of `seed`, from absolute iteration
+    `start_step` to `iterations`; evaluation in batches of `eval_batch_size`."""
+
+    batch_size: int = 60
+    seed: int = 0
+    iterations: int = 1
+    start_step: int = 0
+    eval_batch_size: int = 1000
+
+
+DEFAULT_LOADER = LoaderSpec()
+
+
 class VisionDataModule(L.LightningDataModule):
     """Train/validation/test tensors in memory; training batches come from a seeded `BatchStream`.
 
@@ -125,31 +162,38 @@ class VisionDataModule(L.LightningDataModule):
     of the official training set, so it is the same for every run seed.
     """
 
-    def __init__(self, name: str, root: str, download: bool = True, val_size: int = 5000, split_seed: int = 0,
-                 train_subset: int | None = None, eval_subset: int | None = None, batch_size: int = 60,
-                 seed: int = 0, iterations: int = 1, start_step: int = 0, eval_batch_size: int = 1000,
-                 augment: bool = False):
+    def __init__(self, spec: DataSpec, loader: LoaderSpec = DEFAULT_LOADER):
         super().__init__()
-        if name not in DATASETS:
-            raise DataError(f"data.name={name!r} is unknown; choose one of {', '.join(sorted(DATASETS))}")
-        self.info = DATASETS[name]
-        self.name, self.root, self.download = name, root, download
-        self.val_size, self.split_seed = val_size, split_seed
-        self.train_subset, self.eval_subset = train_subset, eval_subset
-        self.batch_size, self.seed, self.eval_batch_size = batch_size, seed, eval_batch_size
-        self.iterations, self.start_step, self.augment = iterations, start_step, augment
+        # Typed groups, checked: two specs cannot be swapped, and no positional list can be misordered.
+        if not isinstance(spec, DataSpec) or not isinstance(loader, LoaderSpec):
+            raise TypeError(f"VisionDataModule takes a DataSpec and a LoaderSpec, not {type(spec).__name__} and "
+                            f"{type(loader).__name__}")
+        if spec.name not in DATASETS:
+            raise DataError(f"data.name={spec.name!r} is unknown; choose one of {', '.join(sorted(DATASETS))}")
+        self.info = DATASETS[spec.name]
+        self.spec, self.loader = spec, loader
+        self.name = spec.name  # LightningDataModule's own name attribute
         self.device = torch.device("cpu")
         self.tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
+    def augment(self) -> bool:
+        """Whether training batches are cropped and flipped."""
+        return self.spec.augment
+
+    @property
+    def eval_batch_size(self) -> int:
+        return self.loader.eval_batch_size
+
+    @property
     def num_train(self) -> int:
         """Training examples after the validation hold-out and `train_subset`."""
-        n = self.info.num_train - self.val_size
-        return min(n, self.train_subset) if self.train_subset else n
+        n = self.info.num_train - self.spec.val_size
+        return min(n, self.spec.train_subset) if self.spec.train_subset else n
 
     @property
     def steps_per_epoch(self) -> int:
-        return self.num_train // self.batch_size
+        return self.num_train // self.loader.batch_size
 
     def _normalize(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float().div_(255.0)
@@ -160,13 +204,14 @@ class VisionDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.tensors:
             return
-        x, y = load_split(self.name, self.root, train=True, download=self.download)
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.split_seed))
-        train_idx, val_idx = order[: len(x) - self.val_size], order[len(x) - self.val_size:]
+        d = self.spec
+        x, y = load_split(d.name, d.root, train=True, download=d.download)
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(d.split_seed))
+        train_idx, val_idx = order[: len(x) - d.val_size], order[len(x) - d.val_size:]
         train_idx = train_idx[: self.num_train]
-        test_x, test_y = load_split(self.name, self.root, train=False, download=self.download)
-        val_idx = val_idx[: self.eval_subset] if self.eval_subset else val_idx
-        test_n = self.eval_subset or len(test_x)
+        test_x, test_y = load_split(d.name, d.root, train=False, download=d.download)
+        val_idx = val_idx[: d.eval_subset] if d.eval_subset else val_idx
+        test_n = d.eval_subset or len(test_x)
         self.tensors = {
             "train": (self._normalize(x[train_idx]), y[train_idx]),
             "val": (self._normalize(x[val_idx]), y[val_idx]),
@@ -182,10 +227,9 @@ class VisionDataModule(L.LightningDataModule):
     def for_level(self, start_step: int, iterations: int, seed: int | None = None) -> VisionDataModule:
         """A module over the same loaded data whose training stream runs from `start_step` to `iterations` in
         the order of `seed` (None: this module's seed). This module is left as it is."""
-        level = VisionDataModule(self.name, self.root, self.download, self.val_size, self.split_seed,
-                                 self.train_subset, self.eval_subset, self.batch_size,
-                                 seed=self.seed if seed is None else seed, iterations=iterations,
-                                 start_step=start_step, eval_batch_size=self.eval_batch_size, augment=self.augment)
+        loader = replace(self.loader, seed=self.loader.seed if seed is None else seed, iterations=iterations,
+                         start_step=start_step)
+        level = VisionDataModule(self.spec, loader)
         level.tensors, level.device = self.tensors, self.device
         return level
 
@@ -203,8 +247,8 @@ class VisionDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         try:
-            return BatchStream(x, y, self.batch_size, self.seed, end=self.iterations,
-                               first=lambda: self.start_step + self._global_step(), augment=augment,
+            return BatchStream(x, y, self.loader.batch_size, self.loader.seed, end=self.loader.iterations,
+                               first=lambda: self.loader.start_step + self._global_step(), augment=augment,
                                rank=rank, world_size=world)
         except ValueError as err:
             raise DataError(str(err)) from None

@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from lottery.data import DATASETS, VisionDataModule
+from lottery.data import DATASETS, DataSpec, LoaderSpec, VisionDataModule
 from lottery.errors import ConfigError
 from lottery.imp.level import LevelSpec, early_stop, seed_everything, train_level
 from lottery.imp.masks import next_mask
@@ -193,9 +193,9 @@ def prepare(cfg: DictConfig, tensors: dict[str, Any] | None = None
     `tensors`: another run's loaded data with the same data config (runs that differ only in seed share it)."""
     steps = validate_imp(cfg)
     seed_everything(cfg.seed)
-    d, info = cfg.data, DATASETS[cfg.data.name]
-    datamodule = VisionDataModule(d.name, d.root, d.download, d.val_size, d.split_seed, d.train_subset,
-                                  d.eval_subset, cfg.training.batch_size, seed=cfg.seed, augment=d.augment)
+    info = DATASETS[cfg.data.name]
+    loader = LoaderSpec(batch_size=cfg.training.batch_size, seed=cfg.seed)
+    datamodule = VisionDataModule(DataSpec.from_config(cfg.data), loader)
     if tensors is not None:
         datamodule.tensors = tensors
     datamodule.setup()

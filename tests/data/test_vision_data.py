@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from lottery.data import BatchStream, VisionDataModule, epoch_permutation
+from lottery.data import BatchStream, DataSpec, LoaderSpec, VisionDataModule, epoch_permutation
 from lottery.data.vision import DEBIAN_FASHION_MNIST
 from lottery.errors import DataError
+from lottery.imp.schema import DataConfig
 
 
 def test_mnist_split_and_normalisation(mnist_root) -> None:
-    dm = VisionDataModule("mnist", str(mnist_root), download=False)
+    dm = VisionDataModule(DataSpec("mnist", str(mnist_root), download=False))
     dm.setup()
     (tx, _), (vx, vy), (sx, _) = dm.tensors["train"], dm.tensors["val"], dm.tensors["test"]
     assert (len(tx), len(vx), len(sx)) == (55000, 5000, 10000)
@@ -21,7 +24,7 @@ def test_mnist_split_and_normalisation(mnist_root) -> None:
     assert abs(tx.mean().item()) < 0.05 and abs(tx.std().item() - 1) < 0.05
     assert set(vy.unique().tolist()) == set(range(10))
     # The hold-out is the same for every run seed.
-    other = VisionDataModule("mnist", str(mnist_root), download=False, seed=7)
+    other = VisionDataModule(DataSpec("mnist", str(mnist_root), download=False), LoaderSpec(seed=7))
     other.setup()
     assert torch.equal(other.tensors["val"][0], vx)
 
@@ -48,16 +51,16 @@ def test_missing_files_offline_name_the_folder_and_the_fix(tmp_path: Path, monke
 
     monkeypatch.setattr(datasets.MNIST, "download", offline)
     with pytest.raises(DataError) as info:
-        VisionDataModule("mnist", str(tmp_path / "empty"), download=True).setup()
+        VisionDataModule(DataSpec("mnist", str(tmp_path / "empty"), download=True)).setup()
     message = str(info.value)
     assert str(tmp_path / "empty" / "MNIST" / "raw") in message and "data.root" in message
     with pytest.raises(DataError, match="data.download=true"):
-        VisionDataModule("mnist", str(tmp_path / "empty"), download=False).setup()
+        VisionDataModule(DataSpec("mnist", str(tmp_path / "empty"), download=False)).setup()
 
 
 @pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason="apt-get install dataset-fashion-mnist")
 def test_fashion_mnist_from_debian(tmp_path: Path) -> None:
-    dm = VisionDataModule("fashion_mnist", str(tmp_path / "data"), download=False, eval_subset=100)
+    dm = VisionDataModule(DataSpec("fashion_mnist", str(tmp_path / "data"), download=False, eval_subset=100))
     dm.setup()
     assert len(dm.tensors["train"][0]) == 55000 and len(dm.tensors["test"][0]) == 100
     assert (tmp_path / "data" / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").exists()
@@ -82,17 +85,15 @@ def test_crop_flip_matches_per_image_slicing() -> None:
 
 
 def test_augmented_stream_is_reproducible_and_resumable() -> None:
-    dm = VisionDataModule("synthetic_cifar", "", download=False, val_size=300, batch_size=50, seed=2,
-                          iterations=30, augment=True)
+    loader = LoaderSpec(batch_size=50, seed=2, iterations=30)
+    dm = VisionDataModule(DataSpec("synthetic_cifar", "", download=False, val_size=300, augment=True), loader)
     dm.setup()
     full = [b[0] for b in dm.train_dataloader()]
     again = [b[0] for b in dm.train_dataloader()]
     assert all(torch.equal(a, b) for a, b in zip(full, again, strict=True))
-    dm.start_step = 17
-    tail = [b[0] for b in dm.train_dataloader()]
+    tail = [b[0] for b in dm.for_level(17, 30).train_dataloader()]
     assert all(torch.equal(a, b) for a, b in zip(full[17:], tail, strict=True))
-    plain = VisionDataModule("synthetic_cifar", "", download=False, val_size=300, batch_size=50, seed=2,
-                             iterations=30, augment=False)
+    plain = VisionDataModule(DataSpec("synthetic_cifar", "", download=False, val_size=300, augment=False), loader)
     plain.setup()
     assert not torch.equal(next(iter(plain.train_dataloader()))[0], full[0])
 
@@ -105,5 +106,22 @@ def test_cifar10_offline_error(tmp_path: Path, monkeypatch) -> None:
 
     monkeypatch.setattr(datasets.CIFAR10, "download", offline)
     with pytest.raises(DataError) as info:
-        VisionDataModule("cifar10", str(tmp_path), download=True).setup()
+        VisionDataModule(DataSpec("cifar10", str(tmp_path), download=True)).setup()
     assert str(tmp_path / "cifar-10-batches-py") in str(info.value)
+
+
+def test_data_spec_mirrors_the_data_config_group_and_specs_cannot_be_swapped() -> None:
+    """Every `data` config key reaches the datamodule (a new key cannot be dropped silently), and the two
+    typed groups are checked: swapped or positional arguments are refused."""
+    assert [f.name for f in fields(DataSpec)] == [f.name for f in fields(DataConfig)]
+    cfg = OmegaConf.structured(DataConfig(name="fashion_mnist", root="/r", val_size=7, split_seed=3, train_subset=9,
+                                          eval_subset=5, augment=True))
+    assert DataSpec.from_config(cfg) == DataSpec("fashion_mnist", "/r", True, 7, 3, 9, 5, True)
+    with pytest.raises(TypeError, match="a DataSpec and a LoaderSpec"):
+        VisionDataModule(LoaderSpec(), DataSpec("mnist", "/r"))
+    with pytest.raises(TypeError, match="a DataSpec and a LoaderSpec"):
+        VisionDataModule("mnist", "/r")
+    with pytest.raises(DataError, match="data.name='nope' is unknown"):
+        VisionDataModule(DataSpec("nope", "/r"))
+    level = VisionDataModule(DataSpec("mnist", "/r"), LoaderSpec(batch_size=20, seed=4)).for_level(5, 9)
+    assert level.loader == LoaderSpec(batch_size=20, seed=4, iterations=9, start_step=5)

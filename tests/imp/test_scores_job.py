@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import REPO, TINY, imp_folder, make_config
 
-from lottery.data import VisionDataModule
+from lottery.data import DataSpec, LoaderSpec, VisionDataModule
 from lottery.data.stream import BatchStream
 from lottery.imp.job import run
 from lottery.models import create_model
@@ -38,8 +38,9 @@ def test_at_init_score_prunes_theta0_before_training(tmp_path, mnist_root) -> No
     for name in mask:
         assert torch.equal(start[name], init[name] * mask[name])
     # The mask is SNIP on θ0 with the run's first two training batches, computed here independently.
-    dm = VisionDataModule("mnist", cfg.data.root, False, cfg.data.val_size, 0, cfg.data.train_subset,
-                          cfg.data.eval_subset, cfg.training.batch_size)
+    data = DataSpec("mnist", cfg.data.root, download=False, val_size=cfg.data.val_size, split_seed=0,
+                    train_subset=cfg.data.train_subset, eval_subset=cfg.data.eval_subset)
+    dm = VisionDataModule(data, LoaderSpec(batch_size=cfg.training.batch_size))
     dm.setup()
     model = create_model("lenet_300_100", seed=cfg.seed, init=cfg.model.init, input_shape=(1, 28, 28),
                          num_classes=10)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import killed_at, make_config
 
-from lottery.data import VisionDataModule
+from lottery.data import DataSpec, LoaderSpec, VisionDataModule
 from lottery.errors import ConfigError
 from lottery.imp.level import LevelSpec, seed_everything, train_level
 from lottery.imp.schema import validate_imp
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def datamodule() -> VisionDataModule:
     """MNIST-shaped random tensors in memory (setup() keeps them: no files needed)."""
     g = torch.Generator().manual_seed(0)
-    dm = VisionDataModule("mnist", "/nonexistent", download=False, batch_size=20, seed=3)
+    dm = VisionDataModule(DataSpec("mnist", "/nonexistent", download=False), LoaderSpec(batch_size=20, seed=3))
 
     def split(n: int) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
