@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lottery.errors import ConfigError
@@ -72,6 +72,24 @@ class RootConfig:
 
 
 ROOT_KEYS = tuple(f.name for f in fields(RootConfig))
+
+
+@dataclass
+class ComposedRootConfig(RootConfig):
+    """The shared root as a job's exp file merges its own root schema in, after the root's groups are composed.
+
+    The shared fields are redeclared MISSING so that this merge types the root without resetting the values
+    already composed; `seeds` stays null, since MISSING merged onto the root's null would win (and be saved as
+    `???`). A job's root schema subclasses this and adds its groups.
+    """
+
+    job: str = MISSING
+    name: str = MISSING
+    seed: int = MISSING
+    seeds: list[int] | None = None
+    progress_bar: bool = MISSING
+    logger: LoggerConfig = MISSING
+    store: StoreConfig = MISSING
 
 
 def register_root_configs(cs: ConfigStore) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from lottery.config import LoggerConfig, RootConfig, StoreConfig, check_choice
+from lottery.config import ComposedRootConfig, check_choice
 from lottery.errors import ConfigError
 from lottery.llm.corpora import CORPORA, check_corpus
 
@@ -52,16 +52,9 @@ class FinetuneConfig:
 
 
 @dataclass
-class FinetuneRootConfig(RootConfig):
-    """The root of a fine-tuning run: the shared root plus the `finetune` group (values composed, so MISSING)."""
+class FinetuneRootConfig(ComposedRootConfig):
+    """The root of a fine-tuning run: the shared root (see ComposedRootConfig) plus the `finetune` group."""
 
-    job: str = MISSING
-    name: str = MISSING
-    seed: int = MISSING
-    seeds: list[int] | None = None  # not MISSING: merged onto the root's null, MISSING would win
-    progress_bar: bool = MISSING
-    logger: LoggerConfig = MISSING
-    store: StoreConfig = MISSING
     finetune: Any = None
     # The other jobs' groups, null here.
     model: Any = None

@@ -15,7 +15,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-from lottery.config import LoggerConfig, RootConfig, StoreConfig
+from lottery.config import ComposedRootConfig
 from lottery.errors import ConfigError
 from lottery.llm.allocation import ALLOCATIONS
 from lottery.llm.corpora import CORPORA, check_corpus
@@ -119,21 +119,13 @@ class EvalConfig:
 
 
 @dataclass
-class OneshotRootConfig(RootConfig):
+class OneshotRootConfig(ComposedRootConfig):
     """The root of a one-shot run: the shared root plus the groups of this job.
 
-    The exp file merges it in after the root's groups are composed; the shared fields are redeclared MISSING
-    so that this merge types the root without resetting the values already composed. The IMP groups stay
-    null keys: one-shot run hashes were taken over a config that had them, and must not move.
+    The exp file merges it in after the root's groups are composed (see ComposedRootConfig). The IMP groups
+    stay null keys: one-shot run hashes were taken over a config that had them, and must not move.
     """
 
-    job: str = MISSING
-    name: str = MISSING
-    seed: int = MISSING
-    seeds: list[int] | None = None  # not MISSING: merged onto the root's null, MISSING would win (and be saved as ???)
-    progress_bar: bool = MISSING
-    logger: LoggerConfig = MISSING
-    store: StoreConfig = MISSING
     model: Any = MISSING
     prune: Any = None
     calibration: Any = None
