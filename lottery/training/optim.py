@@ -16,25 +16,29 @@ Builder = Callable[..., torch.optim.Optimizer]
 
 
 def _adam(params: Iterable[Any], lr: float, momentum: float, weight_decay: float, foreach: bool | None,
-          capturable: bool) -> torch.optim.Optimizer:
-    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=foreach, capturable=capturable)
+          capturable: bool, fused: bool | None) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=foreach, capturable=capturable,
+                            fused=fused)
 
 
 def _sgd(params: Iterable[Any], lr: float, momentum: float, weight_decay: float, foreach: bool | None,
-         capturable: bool) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=foreach)
+         capturable: bool, fused: bool | None) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=foreach,
+                           fused=fused)
 
 
 OPTIMIZERS: dict[str, Builder] = {"adam": _adam, "sgd": _sgd}
 
 
 def make_optimizer(params: Iterable[Any], name: str, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
-                   foreach: bool | None = None, capturable: bool = False) -> torch.optim.Optimizer:
-    """The level's optimizer (`training.optimizer`). `foreach`/`capturable` are torch's options (None/False are
-    its defaults); capturable Adam keeps its step count on the device, as a CUDA graph needs."""
+                   foreach: bool | None = None, capturable: bool = False, fused: bool | None = None
+                   ) -> torch.optim.Optimizer:
+    """The level's optimizer (`training.optimizer`). `foreach`/`capturable`/`fused` are torch's options
+    (None/False/None are its defaults); capturable Adam keeps its step count on the device, as a CUDA graph
+    needs; fused runs the whole update as one kernel."""
     if name not in OPTIMIZERS:
         raise ValueError(f"training.optimizer={name!r} is unknown; choose {' or '.join(OPTIMIZERS)}")
-    return OPTIMIZERS[name](params, lr, momentum, weight_decay, foreach, capturable)
+    return OPTIMIZERS[name](params, lr, momentum, weight_decay, foreach, capturable, fused)
 
 
 def lr_factor(step: int, start_step: int, milestones: Sequence[int], gamma: float) -> float:

@@ -23,6 +23,8 @@ sum in another order than the unbatched ones).
 
 from __future__ import annotations
 
+import logging
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,6 +47,73 @@ CHECKPOINT_FORMAT = "lottery-replicate-v1"
 # Lightning's precision spellings -> the autocast dtype (None: no autocast).
 PRECISION_DTYPES: dict[str, torch.dtype | None] = {"32-true": None, "bf16-mixed": torch.bfloat16}
 WARMUP_STEPS = 3  # eager steps before a CUDA graph is captured (lazy cuBLAS / optimizer-state initialisation)
+COMPILED_CACHE_SIZE = 8  # compiled training losses kept per process (one per model structure, K, batch, dtype)
+
+log = logging.getLogger(__name__)
+LossFn = Callable[[dict[str, Tensor], dict[str, Tensor], Tensor, Tensor], Tensor]
+_compiled_losses: OrderedDict[tuple, tuple[nn.Module, LossFn]] = OrderedDict()
+
+
+def autocast(device: torch.device, precision: str) -> Any:
+    """The forward pass's autocast for a Lightning precision name (disabled for "32-true").
+
+    No autocast cache: a captured CUDA graph must recompute its casts from the live weights every replay."""
+    low = PRECISION_DTYPES[precision]
+    return torch.autocast(device.type, dtype=low or torch.float32, enabled=low is not None, cache_enabled=False)
+
+
+def _batch_losses(base: nn.Module, k: int, batch_size: int, dtype: torch.dtype, device: torch.device,
+                  precision: str) -> LossFn:
+    batched = vmap(lambda p, b, x: functional_call(base, (p, b), (x,)))  # per-replicate weights, buffers, batches
+
+    def batch_losses(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        """Each replicate's mean training loss on its batch, [K]."""
+        with autocast(device, precision):
+            logits = batched(p, b, x)
+            losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+        return losses.to(dtype).view(k, batch_size).mean(1)  # the cast is a no-op in 32-true
+
+    return batch_losses
+
+
+class _EagerIfUncompilable:
+    """A compiled function that falls back to its eager twin (once, with a warning) when its first call fails
+    to compile; a failure of the eager twin itself is raised as usual."""
+
+    def __init__(self, compiled: LossFn, eager: LossFn) -> None:
+        self.compiled, self.eager, self.tried = compiled, eager, False
+
+    def __call__(self, *args: Tensor | dict[str, Tensor]) -> Tensor:
+        if self.tried:
+            return self.compiled(*args)
+        self.tried = True
+        try:
+            return self.compiled(*args)
+        except Exception as err:  # torch.compile (dynamo/inductor) could not handle this model's step
+            log.warning("torch.compile failed on the training step (%s: %s); training it eagerly",
+                        type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+            self.compiled = self.eager
+            return self.eager(*args)
+
+
+def training_loss(base: nn.Module, k: int, batch_size: int, dtype: torch.dtype, device: torch.device,
+                  precision: str, compiled: bool) -> tuple[nn.Module, LossFn]:
+    """The per-replicate training loss of K stacked `base` models, and the module whose train/eval mode it
+    follows. Compiled losses are kept per structure, K, batch size and dtype, so the levels of a run (each a
+    new `train_replicates` call) compile once, not once each (torch.compile recompiles on every new closure
+    and turns eager after a few)."""
+    if not compiled:
+        return base, _batch_losses(base, k, batch_size, dtype, device, precision)
+    key = (type(base).__module__, type(base).__qualname__, repr(base),
+           tuple((n, tuple(v.shape), v.dtype) for n, v in base.state_dict().items()),
+           k, batch_size, dtype, str(device), precision)
+    if key not in _compiled_losses:
+        eager = _batch_losses(base, k, batch_size, dtype, device, precision)
+        _compiled_losses[key] = base, _EagerIfUncompilable(torch.compile(eager, dynamic=False), eager)
+        while len(_compiled_losses) > COMPILED_CACHE_SIZE:
+            _compiled_losses.popitem(last=False)
+    _compiled_losses.move_to_end(key)
+    return _compiled_losses[key]
 
 
 @dataclass
@@ -79,7 +148,8 @@ def train_replicates(model_fn: Callable[[], nn.Module], inits: Sequence[Mapping[
                      checkpoints: Sequence[Path] | None = None, checkpoint_every: int = 1000,
                      rewind: tuple[int, Callable[[int, dict[str, Tensor]], None]] | None = None,
                      crop_padding: int = 0, crop_fill: Tensor | None = None,
-                     progress: str | None = None, precision: str = "32-true") -> list[ReplicateRun]:
+                     progress: str | None = None, precision: str = "32-true", fused_optimizer: bool | None = None,
+                     compile_loss: bool | None = None) -> list[ReplicateRun]:
     """Train K = len(seeds) replicates from absolute iteration `start_step` to `iterations`.
 
     Replicate r starts from `inits[r]` ⊙ `masks[r]` (None: dense) and sees the batches of a `BatchStream` over
@@ -92,6 +162,10 @@ def train_replicates(model_fn: Callable[[], nn.Module], inits: Sequence[Mapping[
     (padding value `crop_fill` per channel). `progress` names a progress bar (None: no bar). `precision`
     "bf16-mixed" runs forward passes and losses under bfloat16 autocast (weights and optimizer stay fp32), as
     Lightning's precision plugin does; "32-true" is plain fp32.
+
+    `fused_optimizer` (torch's one-kernel Adam/SGD) and `compile_loss` (`torch.compile` of the vmapped forward
+    and loss, so that its backward is compiled too) make the CUDA-graph step fewer, larger kernels; None: both
+    on for the CUDA-graph step, off elsewhere, so CPU results stay bitwise what the eager step gives.
     """
     if precision not in PRECISION_DTYPES:
         raise ValueError(f"precision={precision!r} is not supported; choose one of {', '.join(PRECISION_DTYPES)}")
@@ -122,7 +196,9 @@ def train_replicates(model_fn: Callable[[], nn.Module], inits: Sequence[Mapping[
     weights = [params[n] for n in masked]
     plist = [params[n].requires_grad_() for n in names]
     masked_at = [names.index(n) for n in masked]
-    opt = make_optimizer(plist, optimizer, lr, momentum, weight_decay, foreach=True, capturable=graphed)
+    fused = graphed if fused_optimizer is None else fused_optimizer
+    opt = make_optimizer(plist, optimizer, lr, momentum, weight_decay, foreach=not fused, capturable=graphed,
+                         fused=fused)
 
     runs = [ReplicateRun() for _ in range(k)]
     done, acc, counted = 0, torch.zeros(k, device=device, dtype=dtype), 0
@@ -136,10 +212,13 @@ def train_replicates(model_fn: Callable[[], nn.Module], inits: Sequence[Mapping[
         if weights:
             torch._foreach_mul_(weights, keeps)
 
+    # Compiled, the forward's and the backward's elementwise work fuse into a few kernels around the matmuls.
+    base, loss_of = training_loss(base, k, batch_size, dtype, device, precision,
+                                  graphed if compile_loss is None else compile_loss)
+
     def forward(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor) -> Tensor:
         return functional_call(base, (p, b), (x,))
 
-    batched = vmap(forward)  # per-replicate weights and buffers, per-replicate batches
     shared = vmap(forward, in_dims=(0, 0, None))  # per-replicate weights, one evaluation batch for all
     x_train, y_train = (t.to(device) for t in train)
     n = len(x_train)
@@ -157,29 +236,22 @@ def train_replicates(model_fn: Callable[[], nn.Module], inits: Sequence[Mapping[
     steps = iterations - start_step
     val_every = max(min(eval_every, steps), 1)
 
-    low = PRECISION_DTYPES[precision]
-
-    def autocast() -> Any:
-        # No autocast cache: a captured CUDA graph must recompute its casts from the live weights every replay.
-        return torch.autocast(device.type, dtype=low or torch.float32, enabled=low is not None, cache_enabled=False)
-
     def train_step() -> None:
         idx = order.index_select(1, position).squeeze(1)  # [K, batch]: replicate r's BatchStream batch i
         x = x_train[idx]
         if crop_padding:
             x = apply_crop_flip(x.flatten(0, 1), crop_offsets, crop_flips, crop_padding, fill).view_as(x)
         base.train()
-        with autocast():
-            logits = batched(params, buffers, x)
-            losses = F.cross_entropy(logits.flatten(0, 1), y_train[idx].flatten(), reduction="none")
-        losses = losses.to(dtype).view(k, batch_size).mean(1)  # a no-op in 32-true
+        losses = loss_of(params, buffers, x, y_train[idx])
         grads = torch.autograd.grad(losses.sum(), plist)  # replicates are independent: d(sum)/dθ_r = dL_r/dθ_r
         with torch.no_grad():
             acc.add_(losses)
             if weights:  # masked grads: Adam moments, momentum and weight decay never move a pruned weight
                 torch._foreach_mul_([grads[j] for j in masked_at], keeps)
             for p, g in zip(plist, grads, strict=True):
-                p.grad = g
+                # torch's fused kernels read a gradient as if laid out like its parameter (a vmapped matmul's
+                # weight gradient is a transposed view; fused SGD/Adam silently misread it, torch 2.14 CPU)
+                p.grad = g.contiguous() if fused else g
             opt.step()
             if weights:  # ... and re-masking removes what weight decay's coupling could leave behind
                 torch._foreach_mul_(weights, keeps)
@@ -194,7 +266,7 @@ def train_replicates(model_fn: Callable[[], nn.Module], inits: Sequence[Mapping[
                 sums = torch.zeros(k, 3, device=device, dtype=dtype)
                 for lo in range(0, len(x), eval_batch_size):
                     xb, yb = x[lo:lo + eval_batch_size], y[lo:lo + eval_batch_size]
-                    with autocast():
+                    with autocast(device, precision):
                         logits = shared(params, buffers, xb)  # [K, b, classes]
                         loss = F.cross_entropy(logits.flatten(0, 1), yb.repeat(k), reduction="none").view(k, -1)
                     loss = loss.to(dtype)

@@ -134,6 +134,58 @@ def small_problem(seeds: list[int]):
 
 
 @pytest.mark.parametrize("opt", ["adam", "sgd"])
+def test_fused_optimizer_and_compiled_loss_equal_the_plain_step(opt: str) -> None:
+    """The CUDA-graph step's fast parts (torch's fused optimizer, the compiled forward and loss), run here on
+    the CPU: the same training to rounding, masks kept exactly."""
+    seeds = [0, 1]
+    inits, masks, train, val = small_problem(seeds)
+    kw = dict(optimizer=opt, lr=1e-3 if opt == "adam" else 0.05, momentum=0.9, weight_decay=1e-3,
+              milestones=[12], gamma=0.5, eval_every=5, eval_sets={"val": val})
+    plain = train_replicates(lenet, inits, masks, train, 20, seeds, 23, **kw)
+    fast = train_replicates(lenet, inits, masks, train, 20, seeds, 23, fused_optimizer=True, compile_loss=True,
+                            **kw)
+    for r, (a, b) in enumerate(zip(plain, fast, strict=True)):
+        assert [h["iteration"] for h in a.history] == [h["iteration"] for h in b.history]
+        for x, y in zip(a.history, b.history, strict=True):
+            assert y["val_loss"] == pytest.approx(x["val_loss"], rel=1e-4)
+            assert y["train_loss"] == pytest.approx(x["train_loss"], rel=1e-4)
+        for name, value in a.state.items():
+            moved = (value - inits[r][name]).abs().max()
+            assert (b.state[name] - value).abs().max() <= 1e-3 * moved + 1e-7, name
+        if masks[r] is not None:
+            for name, keep in masks[r].items():
+                assert torch.count_nonzero(b.state[name][~keep]) == 0
+
+
+def test_compiled_loss_is_kept_across_calls_and_falls_back_to_eager(monkeypatch, caplog) -> None:
+    """Levels are separate calls: the compiled loss is built once per structure (torch.compile would otherwise
+    recompile each time and turn eager after a few); a step torch.compile cannot handle trains eagerly."""
+    seeds = [0, 1]
+    inits, masks, train, val = small_problem(seeds)
+    kw = dict(eval_every=5, eval_sets={"val": val}, compile_loss=True)
+    replicates._compiled_losses.clear()
+    first = train_replicates(lenet, inits, masks, train, 20, seeds, 6, **kw)
+    entry = next(iter(replicates._compiled_losses.values()))
+    again = train_replicates(lenet, inits, masks, train, 20, seeds, 6, **kw)
+    assert list(replicates._compiled_losses.values()) == [entry]
+    assert first[1].history == again[1].history
+
+    def broken(fn, **_):
+        def fails(*args):
+            raise RuntimeError("backend exploded")
+        return fails
+
+    replicates._compiled_losses.clear()
+    monkeypatch.setattr(replicates.torch, "compile", broken)
+    with caplog.at_level("WARNING", logger="lottery.training.replicates"):
+        fallback = train_replicates(lenet, inits, masks, train, 20, seeds, 6, **kw)
+    assert "torch.compile failed on the training step (RuntimeError: backend exploded)" in caplog.text
+    plain = train_replicates(lenet, inits, masks, train, 20, seeds, 6, eval_every=5, eval_sets={"val": val})
+    assert fallback[1].history == plain[1].history
+    replicates._compiled_losses.clear()
+
+
+@pytest.mark.parametrize("opt", ["adam", "sgd"])
 def test_killed_group_resumes_bitwise(opt: str, tmp_path) -> None:
     seeds = [0, 1]
     inits, masks, train, val = small_problem(seeds)
@@ -209,8 +261,10 @@ def test_conv_replicates_equal_separate_runs() -> None:
             assert (runs[r].state[name] - value).abs().max() <= 0.05 * moved + 1e-6, (r, name)
 
 
-def test_batchnorm_and_augmentation_replicates_equal_separate_runs_in_float64() -> None:
-    """ResNet-20 (BatchNorm statistics as stacked buffers) with random crops and flips.
+@pytest.mark.parametrize("fast", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["plain", "fast"])
+def test_batchnorm_and_augmentation_replicates_equal_separate_runs_in_float64(fast: bool) -> None:
+    """ResNet-20 (BatchNorm statistics as stacked buffers) with random crops and flips; `fast`: with the
+    CUDA-graph step's fused optimizer and compiled loss (BatchNorm's buffer updates inside the compiled code).
 
     In float32 this training is ill-conditioned (BatchNorm over 10 images, constant padded borders at ReLU
     boundaries): a single float32 run and a float64 one part by ~1e-3 within three steps, so float32 cannot
@@ -234,7 +288,8 @@ def test_batchnorm_and_augmentation_replicates_equal_separate_runs_in_float64() 
         masks.append(magnitude_prune(dict(model.named_parameters()), Mask.ones(model, names), 1,
                                      {n: 0.3 for n in names}, 0.3))
     runs = train_replicates(resnet, inits, masks, train, 10, [0, 1], 4, optimizer="sgd", lr=0.05, momentum=0.9,
-                            weight_decay=1e-4, eval_every=2, eval_sets={"val": val}, crop_padding=4, crop_fill=fill)
+                            weight_decay=1e-4, eval_every=2, eval_sets={"val": val}, crop_padding=4, crop_fill=fill,
+                            fused_optimizer=fast, compile_loss=fast)
     for r in range(2):
         want, history = plain_run(inits[r], masks[r], train, r, "sgd", 4, val, resnet, lr=0.05, weight_decay=1e-4,
                                   milestone=None, batch_size=10, eval_every=2,
