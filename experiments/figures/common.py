@@ -21,7 +21,7 @@ from lottery.imp.auto import resolve_auto
 from lottery.imp.branches import branch_levels as imp_branch_levels
 from lottery.imp.instability_schema import instability_folders
 from lottery.imp.plan import level_rounds
-from lottery.imp.schema import resolve_steps
+from lottery.imp.schema import IMPRunConfig, resolve_steps
 from lottery.run import register_configs, validate
 from lottery.tracking import RunStore, load_json
 
@@ -77,7 +77,8 @@ def run_folder(cfg: DictConfig) -> Path:
 
 def imp_levels(cfg: DictConfig) -> list[int]:
     """The main levels an IMP run stores: 0..levels, 0 and 1 for one-shot, only 1 for one-shot at init."""
-    return level_rounds(cfg)
+    config = IMPRunConfig.from_config(cfg)
+    return level_rounds(config.imp, config.pruning)
 
 
 def branch_dirname(cfg: DictConfig) -> str | None:
@@ -96,10 +97,18 @@ def is_complete(cfg: DictConfig, path: Path) -> bool:
         return (path / "results.json").exists()
     done = all((path / f"level_{lv:02d}" / "metrics.json").exists() for lv in imp_levels(cfg))
     if cfg.get("branch") is not None and cfg.branch.name == "instability":
-        folders = instability_folders(cfg, resolve_steps(cfg).steps_per_epoch)
+        folders = run_instability_folders(cfg)
         return done and all((path / folder / "instability.json").exists() for folder in folders)
     name = branch_dirname(cfg)
     return done and all((path / f"level_{lv:02d}" / name / "metrics.json").exists() for lv in branch_levels(cfg))
+
+
+def run_instability_folders(cfg: DictConfig) -> list[str]:
+    """The branch folders of every (level, k) of an IMP run with `+branch=instability`, relative to its folder."""
+    config = IMPRunConfig.from_config(cfg)
+    imp = config.imp
+    return instability_folders(config.branch, imp.levels, imp.oneshot, config.seed,
+                               resolve_steps(config).steps_per_epoch)
 
 
 def execute(cfg: DictConfig) -> None:

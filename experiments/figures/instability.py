@@ -15,9 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from experiments.figures.common import Figure, Options, Run, RunSpec
-from lottery.imp.instability_schema import instability_folders, rewind_points
-from lottery.imp.schema import resolve_steps
+from experiments.figures.common import Figure, Options, Run, RunSpec, run_instability_folders
+from lottery.imp.instability_schema import rewind_points
+from lottery.imp.schema import IMPRunConfig, resolve_steps
 from lottery.plots import Stat, band, errorbars, mean_min_max, new_figure, save_figure, write_csv
 from lottery.tracking import load_json
 
@@ -33,7 +33,7 @@ def specs(options: Options) -> list[RunSpec]:
 
 def results(run: Run) -> list[dict[str, Any]]:
     """The run's instability results, in the order of its config's levels and k."""
-    folders = instability_folders(run.cfg, resolve_steps(run.cfg).steps_per_epoch)
+    folders = run_instability_folders(run.cfg)
     return [load_json(run.path / folder / "instability.json") for folder in folders]
 
 
@@ -70,8 +70,9 @@ def _label(row: dict[str, Any]) -> str:
 
 def draw(runs: dict[tuple[Any, ...], Run], options: Options, out: Path) -> list[Path]:
     rows = rows_of(runs, options.seeds)
-    cfg = runs[(0,)].cfg
-    ks = rewind_points(cfg, resolve_steps(cfg).steps_per_epoch)
+    cfg = IMPRunConfig.from_config(runs[(0,)].cfg)
+    steps = resolve_steps(cfg)
+    ks = rewind_points(cfg.branch, steps.steps_per_epoch)
     shown = path_ks(ks)
     fig, axes = new_figure(1, 1 + len(shown))
     levels = list(dict.fromkeys(r["level"] for r in rows))
@@ -93,7 +94,7 @@ def draw(runs: dict[tuple[Any, ...], Run], options: Options, out: Path) -> list[
         ax.set(xlabel="interpolation α", ylabel="test error (%)", title=f"error on the path, k = {k}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    iterations = resolve_steps(cfg).iterations
+    iterations = steps.iterations
     fig.suptitle(f"{cfg.model.name} on {cfg.data.name}, {iterations} iterations: instability analysis "
                  f"(mean, min/max over {options.seeds} seed(s))", fontsize=10)
     return [*save_figure(fig, out, NAME), write_csv(rows, COLUMNS, out / f"{NAME}.csv")]

@@ -34,6 +34,7 @@ from experiments.figures.common import (
     run_folder,
 )
 from lottery.imp.batched import run_batched
+from lottery.imp.schema import IMPRunConfig
 from lottery.imp.scoring import at_init
 from lottery.plots import Stat, errorbars, mean_min_max, new_figure, percent_axis, save_figure, write_csv
 from lottery.run import validate
@@ -70,11 +71,16 @@ def specs(options: Options) -> list[RunSpec]:
     return out
 
 
+def _prunes_at_init(cfg: DictConfig) -> bool:
+    config = IMPRunConfig.from_config(cfg)
+    return at_init(config.pruning, config.imp.oneshot)
+
+
 def train_missing(configs: list[DictConfig]) -> None:
     """Train incomplete runs: every batched at-init run in one job, the rest as `gather` would."""
     for cfg in configs:  # every run's input is checked before the first one trains
         validate(cfg)
-    together = [c for c in configs if c.training.engine == "batched" and at_init(c)]
+    together = [c for c in configs if c.training.engine == "batched" and _prunes_at_init(c)]
     if together:
         run_batched(together)
     for cfg in lockstep([c for c in configs if not any(c is t for t in together)]):

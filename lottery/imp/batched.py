@@ -21,7 +21,7 @@ from dataclasses import astuple, dataclass, field
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lottery.data.vision import CROP_PADDING
 from lottery.errors import ConfigError
@@ -85,21 +85,24 @@ def run_batched(configs: Sequence[DictConfig]) -> list[dict[str, Any]]:
     Returns every run's summary rows, each with its "seed" when there are several.
     """
     first = configs[0]
+    # The device before anything is prepared: an accelerator this engine cannot use fails before data loads.
     device = training_device(first.trainer.accelerator)
     if first.trainer.deterministic and device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS, as the Trainer sets
     prepared, tensors = [], None
     for cfg in configs:  # every run's input is checked before the first folder is created
-        steps, datamodule, model, rates, output_name = prepare(cfg, tensors)
+        config, steps, datamodule, model, rates, output_name = prepare(cfg, tensors)
         tensors = datamodule.tensors  # the seeds share the data; only its order differs
-        prepared.append((cfg, steps, datamodule, model, rates, output_name))
+        prepared.append((cfg, config, steps, datamodule, model, rates, output_name))
     with ExitStack() as stack:
         runs = []
-        for cfg, steps, datamodule, model, rates, output_name in prepared:
+        for cfg, config, steps, datamodule, model, rates, output_name in prepared:
+            # The DictConfig stops here: the run hash and W&B's record of it.
             store = stack.enter_context(RunStore(cfg.store.root, cfg, prefix="imp"))
-            exp = open_experiment(cfg, steps, datamodule, model, store)
+            exp = open_experiment(config, steps, datamodule, model, store, OmegaConf.to_container(cfg, resolve=True))
             runs.append(SeedRun(exp, rates, output_name, Mask.ones(model, prunable_names(model))))
-        for level in level_rounds(runs[0].exp.cfg):
+        shared = runs[0].exp.config  # the runs differ only in their seed
+        for level in level_rounds(shared.imp, shared.pruning):
             works = [(run, _level_work(run, level)) for run in runs]
             members = [_member(run, plan) for run, work in works for plan in work.plans]
             if members:
@@ -108,7 +111,7 @@ def run_batched(configs: Sequence[DictConfig]) -> list[dict[str, Any]]:
                 ticket_rows, branch_rows = work.rows(run.exp)
                 run.level_rows += ticket_rows
                 run.branch_rows += branch_rows
-        if first.get("branch") is not None and first.branch.name == "instability":
+        if shared.branch is not None and shared.branch.name == "instability":
             # The analysis of finished levels: every copy of one k, across seeds and levels, as one group.
             for run, branch_rows in zip(runs, run_instability([r.exp for r in runs], _trainer(runs, device)),
                                         strict=True):
@@ -117,7 +120,7 @@ def run_batched(configs: Sequence[DictConfig]) -> list[dict[str, Any]]:
         for run in runs:
             run_rows = run.level_rows + run.branch_rows
             close_experiment(run.exp, run_rows)
-            rows += [{"seed": run.exp.cfg.seed, **row} for row in run_rows] if len(runs) > 1 else run_rows
+            rows += [{"seed": run.exp.config.seed, **row} for row in run_rows] if len(runs) > 1 else run_rows
     return rows
 
 
@@ -156,30 +159,30 @@ def _train_members(members: list[Member], device: torch.device) -> None:
 
 def _train_group(group: list[Member], device: torch.device) -> None:
     exp0, spec, plan0 = group[0].run.exp, group[0].spec, group[0].plan
-    cfg, datamodule = exp0.cfg, exp0.datamodule
+    config, datamodule = exp0.config, exp0.datamodule
     info = datamodule.info
     tickets = sum(not m.plan.tag for m in group)
-    label = f"level {plan0.level}/{cfg.imp.levels} ×{len(group)}"
+    label = f"level {plan0.level}/{config.imp.levels} ×{len(group)}"
     log.info("%s: %d ticket(s) and %d branch(es) at %s, iterations %d..%d", label, tickets, len(group) - tickets,
              ", ".join(f"{100 * m.mask.total_density():.2f}%" for m in group[:3]) + (" ..." if len(group) > 3 else ""),
              spec.start_step, spec.iterations)
     rewind = None
     if plan0.rewind_at is not None:
         rewind = (plan0.rewind_at, lambda r, state: group[r].run.exp.save_rewind(state))
-    data_seeds = [m.plan.data_seed if m.plan.data_seed is not None else m.run.exp.cfg.seed for m in group]
+    data_seeds = [m.plan.data_seed if m.plan.data_seed is not None else m.run.exp.config.seed for m in group]
 
     def model_fn() -> torch.nn.Module:
-        return create_model(cfg.model.name, seed=0, init=cfg.model.init, input_shape=info.input_shape,
+        return create_model(config.model.name, seed=0, init=config.model.init, input_shape=info.input_shape,
                             num_classes=info.num_classes)
 
     began = time.perf_counter()
     results = train_replicates(
         model_fn, [m.start for m in group], [m.mask for m in group], datamodule.tensors["train"],
-        cfg.training.batch_size, data_seeds, spec.iterations, optimizer=spec.optimizer, lr=spec.lr,
+        config.training.batch_size, data_seeds, spec.iterations, optimizer=spec.optimizer, lr=spec.lr,
         momentum=spec.momentum, weight_decay=spec.weight_decay, milestones=spec.milestones, gamma=spec.gamma,
         start_step=spec.start_step, eval_every=spec.eval_every,
         eval_sets={"val": datamodule.tensors["val"], "test": datamodule.tensors["test"]},
-        eval_batch_size=datamodule.eval_batch_size, device=device, cuda_graph=cfg.training.cuda_graph,
+        eval_batch_size=datamodule.eval_batch_size, device=device, cuda_graph=config.training.cuda_graph,
         checkpoints=[m.checkpoint for m in group], checkpoint_every=spec.checkpoint_every, rewind=rewind,
         crop_padding=CROP_PADDING if datamodule.augment else 0, crop_fill=datamodule.crop_fill(),
         precision=spec.precision,
@@ -191,7 +194,7 @@ def _train_group(group: list[Member], device: torch.device) -> None:
         logger = run.exp.tracker.level_logger(plan.level, plan.tag)
         log_history(logger, result.history, plan.start_step)
         run.exp.finish(plan, member.mask, member.spec, result.history, result.state, seconds, logger,
-                                 extra={"engine": "batched", "replicates": len(group)})
+                       extra={"engine": "batched", "replicates": len(group)})
         member.checkpoint.unlink(missing_ok=True)
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from lottery.data import DATASETS, DataSpec, LoaderSpec, VisionDataModule
 from lottery.errors import ConfigError
@@ -18,7 +18,7 @@ from lottery.imp.level import LevelSpec, early_stop, seed_everything, train_leve
 from lottery.imp.masks import next_mask
 from lottery.imp.report import format_summary
 from lottery.imp.rewind import level_schedule
-from lottery.imp.schema import Steps, validate_imp
+from lottery.imp.schema import IMPRunConfig, PruningConfig, Steps, check_imp
 from lottery.models import create_model, output_layer_name, prunable_names
 from lottery.pruning import Mask, resolve_rates
 from lottery.pruning.analysis import layer_sparsity, mask_overlap, surviving_init_histogram
@@ -82,9 +82,10 @@ class LevelPlan:
 
 @dataclass
 class Experiment:
-    """What every level and branch of one run share."""
+    """What every level and branch of one run share: its typed config (no DictConfig), steps, store, data,
+    tracker, model and θ0."""
 
-    cfg: DictConfig
+    config: IMPRunConfig
     steps: Steps
     store: RunStore
     datamodule: VisionDataModule
@@ -108,27 +109,17 @@ class Experiment:
         self._finals: dict[Path, dict[str, Any]] = {}
         self._metrics: dict[Path, dict[str, Any]] = {}
 
-    def spec(self, start_step: int) -> LevelSpec:
-        t, cfg = self.cfg.training, self.cfg
-        return LevelSpec(start_step=start_step, iterations=self.steps.iterations, optimizer=t.optimizer, lr=t.lr,
-                         momentum=t.momentum, weight_decay=t.weight_decay, milestones=self.steps.milestones,
-                         gamma=t.gamma, eval_every=t.eval_every, checkpoint_every=t.checkpoint_every,
-                         accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
-                         strategy=cfg.trainer.strategy, num_nodes=cfg.trainer.num_nodes,
-                         deterministic=cfg.trainer.deterministic, progress_bar=cfg.progress_bar,
-                         engine=t.engine, precision=t.get("precision", "32-true"))
-
     def begin(self, plan: LevelPlan) -> tuple[Mask, dict[str, Any], LevelSpec]:
         """Record the plan's mask and start weights in its folder (or read them back when a killed level
-        resumes), and give the (mask, start weights, training spec) to train."""
+        resumes), and give the (mask, start weights, training spec) to train: the spec every engine takes."""
         store = self.store
         mask = Mask(store.load_or_save(plan.folder / "mask.pt", plan.mask.state_dict))
         start = store.load_or_save(plan.folder / "start.pt", lambda: plan.start)
-        spec = self.spec(plan.start_step)
+        spec = self.config.level_spec(self.steps, plan.start_step)
         if plan.end is not None:
             spec = replace(spec, iterations=plan.end)
         if plan.finetune:
-            spec = level_schedule(self.cfg.imp.rewind, spec)
+            spec = level_schedule(self.config.imp.rewind, spec)
         return mask, start, spec
 
     def save_rewind(self, state: dict[str, Any]) -> None:
@@ -137,7 +128,7 @@ class Experiment:
         self.store.save_torch(state, self.store.file("rewind.pt"))
 
     def label(self, plan: LevelPlan) -> str:
-        return f"level {plan.level}/{self.cfg.imp.levels}" + (f" {plan.tag}" if plan.tag else "")
+        return f"level {plan.level}/{self.config.imp.levels}" + (f" {plan.tag}" if plan.tag else "")
 
     def finish(self, plan: LevelPlan, mask: Mask, spec: LevelSpec, history: list[dict[str, float]],
                final: dict[str, Any], seconds: float, logger: Any, extra: dict[str, Any] | None = None
@@ -170,7 +161,7 @@ class Experiment:
         began = time.perf_counter()
         module = train_level(self.model, mask, self.datamodule, spec, plan.folder / "last.ckpt", logger=logger,
                              rewind=rewind, description=label,
-                             data_seed=plan.data_seed if plan.data_seed is not None else self.cfg.seed)
+                             data_seed=plan.data_seed if plan.data_seed is not None else self.config.seed)
         final = {k: v.detach().cpu().clone() for k, v in module.model.state_dict().items()}
         metrics = self.finish(plan, mask, spec, module.history, final, time.perf_counter() - began, logger)
         if self.store.writer:
@@ -178,8 +169,9 @@ class Experiment:
         return metrics
 
 
-def pruning_rates(cfg: DictConfig, model: Any) -> tuple[dict[str, float | None], str]:
-    p = cfg.pruning
+def pruning_rates(p: PruningConfig, model: Any) -> tuple[dict[str, float | None], str]:
+    """Every prunable layer's rate (None: in the global pool) under the pruning group `p`, and the output
+    layer's name."""
     output_name = output_layer_name(model)
     names = prunable_names(model)
     return resolve_rates(names, p.strategy, p.rate, output_name, p.output_rate, dict(p.layer_rates),
@@ -187,40 +179,43 @@ def pruning_rates(cfg: DictConfig, model: Any) -> tuple[dict[str, float | None],
 
 
 def prepare(cfg: DictConfig, tensors: dict[str, Any] | None = None
-            ) -> tuple[Steps, VisionDataModule, Any, dict[str, float | None], str]:
-    """Validate a run and build what it needs before its folder exists: steps, data, model, pruning rates.
+            ) -> tuple[IMPRunConfig, Steps, VisionDataModule, Any, dict[str, float | None], str]:
+    """Validate a run and build what it needs before its folder exists: its typed config (the job's one
+    conversion of the config groups), steps, data, model, pruning rates.
 
     `tensors`: another run's loaded data with the same data config (runs that differ only in seed share it)."""
-    steps = validate_imp(cfg)
-    seed_everything(cfg.seed)
-    info = DATASETS[cfg.data.name]
-    loader = LoaderSpec(batch_size=cfg.training.batch_size, seed=cfg.seed)
-    datamodule = VisionDataModule(DataSpec.from_config(cfg.data), loader)
+    config, steps = check_imp(cfg)
+    seed_everything(config.seed)
+    info = DATASETS[config.data.name]
+    loader = LoaderSpec(batch_size=config.training.batch_size, seed=config.seed)
+    datamodule = VisionDataModule(DataSpec.from_config(config.data), loader)
     if tensors is not None:
         datamodule.tensors = tensors
     datamodule.setup()
-    model = create_model(cfg.model.name, seed=cfg.seed, init=cfg.model.init, input_shape=info.input_shape,
+    model = create_model(config.model.name, seed=config.seed, init=config.model.init, input_shape=info.input_shape,
                          num_classes=info.num_classes)
-    rates, output_name = pruning_rates(cfg, model)
-    check_pattern(model.state_dict(), Mask.ones(model, prunable_names(model)), rates, cfg.pruning, output_name,
-                  model, level=max(1, cfg.imp.levels))
-    return steps, datamodule, model, rates, output_name
+    rates, output_name = pruning_rates(config.pruning, model)
+    check_pattern(model.state_dict(), Mask.ones(model, prunable_names(model)), rates, config.pruning, output_name,
+                  model, level=max(1, config.imp.levels))
+    return config, steps, datamodule, model, rates, output_name
 
 
-def open_experiment(cfg: DictConfig, steps: Steps, datamodule: VisionDataModule, model: Any,
-                    store: RunStore) -> Experiment:
-    """The shared state of a run whose store is open: verified files, tracker, θ0 (saved once)."""
+def open_experiment(config: IMPRunConfig, steps: Steps, datamodule: VisionDataModule, model: Any,
+                    store: RunStore, record: dict[str, Any]) -> Experiment:
+    """The shared state of a run whose store is open: verified files, tracker, θ0 (saved once).
+
+    `record`: the resolved config as W&B keeps it (`OmegaConf.to_container(cfg, resolve=True)`)."""
     log.info("Run folder: %s", store.path)
-    store.verify(cfg.store.on_corrupt)
+    store.verify(config.store.on_corrupt)
     tracker = NullTracker()
-    if store.writer and cfg.logger.name != "none":
-        tracker = make_tracker(cfg.logger.name, store.path, group=f"imp_{store.hash}",
-                               config=OmegaConf.to_container(cfg, resolve=True), mode=cfg.logger.mode,
-                               project=cfg.logger.project, entity=cfg.logger.entity, tags=list(cfg.logger.tags),
-                               init_timeout=cfg.logger.init_timeout)
+    logger = config.logger
+    if store.writer and logger.name != "none":
+        tracker = make_tracker(logger.name, store.path, group=f"imp_{store.hash}", config=record, mode=logger.mode,
+                               project=logger.project, entity=logger.entity, tags=list(logger.tags),
+                               init_timeout=logger.init_timeout)
     init_state = store.load_or_save(store.file("init.pt"),
                                     lambda: {k: v.clone() for k, v in model.state_dict().items()})
-    return Experiment(cfg, steps, store, datamodule, tracker, model, init_state)
+    return Experiment(config, steps, store, datamodule, tracker, model, init_state)
 
 
 def close_experiment(exp: Experiment, rows: list[dict[str, Any]]) -> None:
@@ -228,12 +223,12 @@ def close_experiment(exp: Experiment, rows: list[dict[str, Any]]) -> None:
     exp.store.save_json(rows, exp.store.file("summary.json"))
     exp.tracker.end_experiment(rows)
     if exp.store.writer:
-        cfg = exp.cfg
-        print(format_summary(rows, title=f"IMP {cfg.name} seed {cfg.seed} ({cfg.model.name} on {cfg.data.name}) "
+        c = exp.config
+        print(format_summary(rows, title=f"IMP {c.name} seed {c.seed} ({c.model.name} on {c.data.name}) "
                              f"— {exp.store.path}"))
 
 
-def check_pattern(weights: dict[str, Any], mask: Mask, rates: dict, p: DictConfig, output_name: str,
+def check_pattern(weights: dict[str, Any], mask: Mask, rates: dict, p: PruningConfig, output_name: str,
                   model: Any = None, level: int = 1) -> None:
     """Compute the deepest level's mask on θ0 so a pattern that cannot fit a layer fails before any training.
 

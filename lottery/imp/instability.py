@@ -65,14 +65,14 @@ class Analysis:
 
     @property
     def finetune(self) -> bool:
-        return self.exp.cfg.imp.rewind == "finetune" and self.level > 0
+        return self.exp.config.imp.rewind == "finetune" and self.level > 0
 
     def prefix(self) -> LevelPlan | None:
         """θk's training: the level's ticket with the run's data order up to k (None: θk is the ticket)."""
         if self.k == self.start_step:
             return None
         return LevelPlan(self.level, self.folder / "prefix", self.mask, self.start, self.start_step,
-                         tag=f"{self.tag}_prefix", finetune=self.finetune, data_seed=self.exp.cfg.seed, end=self.k)
+                         tag=f"{self.tag}_prefix", finetune=self.finetune, data_seed=self.exp.config.seed, end=self.k)
 
     def theta_k(self) -> dict[str, Any]:
         plan = self.prefix()
@@ -86,16 +86,18 @@ class Analysis:
 
 def analyses(exp: Experiment) -> list[Analysis]:
     """Every (level, k) the run's instability branch asks for, from the levels' stored tickets."""
-    cfg = exp.cfg
+    config = exp.config
+    branch, imp = config.branch, config.imp
     out = []
-    for level in instability_levels(cfg):
+    for level in instability_levels(branch, imp.levels, imp.oneshot):
         level_dir = exp.store.level(level)
         metrics = exp.metrics(level_dir)
         if metrics is None:
             raise StoreError(f"level {level} of {exp.store.path} has not finished; its instability branch needs it")
         mask, start = Mask(load_torch(level_dir / "mask.pt")), load_torch(level_dir / "start.pt")
-        for k in rewind_points(cfg, exp.steps.steps_per_epoch):
-            out.append(Analysis(exp, level, k, copy_seeds(cfg), mask, start, int(metrics["start_step"])))
+        for k in rewind_points(branch, exp.steps.steps_per_epoch):
+            out.append(Analysis(exp, level, k, copy_seeds(branch, config.seed), mask, start,
+                                int(metrics["start_step"])))
     return out
 
 
@@ -123,28 +125,28 @@ def run_instability(exps: Sequence[Experiment], train: Train) -> list[list[dict[
         stored.sort(key=lambda r: (r["level"], r["rewind_to"], r["seeds"]))
         exp.store.save_json(stored, exp.store.file(RESULT))
         if exp.store.writer:
-            print(format_instability(stored, f"Instability {exp.cfg.name} seed {exp.cfg.seed} — {exp.store.path}"))
+            print(format_instability(stored, f"Instability {exp.config.name} seed {exp.config.seed} — {exp.store.path}"))
     return [[row for e, row in rows if e is exp] for exp in exps]
 
 
 def _evaluate_path(a: Analysis) -> None:
     """The error along the line between the two trained copies, and its barrier, into instability.json."""
-    exp, cfg = a.exp, a.exp.cfg
+    exp, config = a.exp, a.exp.config
     finals = [exp.final_state(p.folder) for p in a.copies(None)]
-    device = torch.device("cuda" if cfg.trainer.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
-                          else "cpu")
+    accelerator = config.trainer.accelerator
+    device = torch.device("cuda" if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available() else "cpu")
     info = exp.datamodule.info
-    model = create_model(cfg.model.name, seed=cfg.seed, init=cfg.model.init, input_shape=info.input_shape,
+    model = create_model(config.model.name, seed=config.seed, init=config.model.init, input_shape=info.input_shape,
                          num_classes=info.num_classes).to(device)
     tensors = {k: (x.to(device), y.to(device)) for k, (x, y) in exp.datamodule.tensors.items()}
     size = exp.datamodule.eval_batch_size
-    path = linear_path(model, finals[0], finals[1], cfg.branch.points, list(EvalBatches(*tensors["test"], size)),
+    path = linear_path(model, finals[0], finals[1], config.branch.points, list(EvalBatches(*tensors["test"], size)),
                        mask={n: m.to(device) for n, m in a.mask.items()},
                        bn_batches=list(EvalBatches(*tensors["train"], size)))
     result = {
         "level": a.level, "rewind_to": a.k, "seeds": list(a.seeds), "branch": a.tag,
         "percent_remaining": 100.0 * a.mask.total_density(), "start_step": a.start_step,
-        "iterations": exp.steps.iterations, "points": cfg.branch.points, "split": "test",
+        "iterations": exp.steps.iterations, "points": config.branch.points, "split": "test",
         "barrier": path.barrier, "max_error": max(path.errors), "endpoint_errors": [path.errors[0], path.errors[-1]],
         "alphas": path.alphas, "errors": path.errors, "losses": path.losses,
         "batchnorm_recomputed": path.batchnorm_recomputed,

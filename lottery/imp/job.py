@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lottery.imp.auto import resolve_auto
 from lottery.imp.batched import run_batched
@@ -66,9 +66,10 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
 
 def run_one(cfg: DictConfig) -> list[dict[str, Any]]:
     """Run (or resume) one seed's IMP experiment, level after level, each level's control branch after it."""
-    steps, datamodule, model, rates, output_name = prepare(cfg)
+    config, steps, datamodule, model, rates, output_name = prepare(cfg)
+    # The DictConfig stops here: the run hash and W&B's record of it; the levels read the typed `config`.
     with RunStore(cfg.store.root, cfg, prefix="imp") as store:
-        exp = open_experiment(cfg, steps, datamodule, model, store)
+        exp = open_experiment(config, steps, datamodule, model, store, OmegaConf.to_container(cfg, resolve=True))
         rows = train_levels(exp, rates, output_name)
         close_experiment(exp, rows)
     return rows
@@ -78,7 +79,8 @@ def train_levels(exp: Experiment, rates: dict[str, float | None], output_name: s
     """Train every level's plans in order; the summary rows: the levels', then their branches'."""
     mask = Mask.ones(exp.model, prunable_names(exp.model))
     level_rows, branch_rows = [], []
-    for level in level_rounds(exp.cfg):
+    config = exp.config
+    for level in level_rounds(config.imp, config.pruning):
         work = level_work(exp, level, mask, rates, output_name)
         for plan in work.plans:
             exp.train(plan)
@@ -86,6 +88,6 @@ def train_levels(exp: Experiment, rates: dict[str, float | None], output_name: s
         ticket_rows, rows = work.rows(exp)
         level_rows += ticket_rows
         branch_rows += rows
-    if exp.cfg.get("branch") is not None and exp.cfg.branch.name == "instability":
+    if config.branch is not None and config.branch.name == "instability":
         branch_rows = run_instability([exp], lambda pairs: [e.train(plan) for e, plan in pairs])[0]
     return level_rows + branch_rows

@@ -2,16 +2,19 @@
 
 Hydra merges the YAML files in conf/ onto these dataclasses, so a wrong type fails at composition time;
 `validate_imp` then checks ranges and cross-field rules and raises `ConfigError` naming the key.
+`check_imp` is the job's boundary: it validates a composed config and turns each group into its dataclass
+once (`IMPRunConfig`), which is all the experiment, the planner and the engines read.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from lottery.config import check_choice, check_positive
+from lottery.config import LoggerConfig, StoreConfig, check_choice, check_positive
 from lottery.data import DATASETS
 from lottery.errors import ConfigError
 from lottery.imp.branches import BRANCHES
@@ -24,6 +27,7 @@ from lottery.pruning.scores import validate_score
 from lottery.pruning.structured import NORMS
 from lottery.schedule import parse_step
 from lottery.training.optim import OPTIMIZERS
+from lottery.training.spec import LevelSpec
 
 # The choices below are read from the registries that implement them: branch kinds (lottery.imp.branches),
 # rewind modes (lottery.imp.rewind), pruning patterns (lottery.imp.masks), optimizers (lottery.training.optim).
@@ -114,6 +118,69 @@ class TrainerConfig:
     deterministic: bool = True
 
 
+@dataclass(frozen=True)
+class Steps:
+    """Training-time points of an IMP run, in iterations."""
+
+    steps_per_epoch: int
+    iterations: int
+    rewind: int
+    milestones: tuple[int, ...]
+
+
+def _typed(schema: type, node: Any) -> Any:
+    """`node` (a config group) as an instance of its dataclass `schema`, interpolations resolved: as composed
+    when Hydra typed it already, else merged onto the schema's defaults."""
+    if OmegaConf.get_type(node) is not schema:
+        node = OmegaConf.merge(OmegaConf.structured(schema), node)
+    return OmegaConf.to_object(node)
+
+
+@dataclass(frozen=True)
+class IMPRunConfig:
+    """One IMP run's config, each group turned into its dataclass once (`from_config`): what the experiment,
+    the planner and the engines read. The run hash and W&B's record stay the composed DictConfig's."""
+
+    name: str
+    seed: int
+    progress_bar: bool
+    model: ModelConfig
+    data: DataConfig
+    training: TrainingConfig
+    pruning: PruningConfig
+    imp: IMPConfig
+    trainer: TrainerConfig
+    logger: LoggerConfig
+    store: StoreConfig
+    branch: BranchConfig | InstabilityConfig | None = None  # a control branch or an analysis; None: neither
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> IMPRunConfig:
+        """The typed groups of one run's composed config (`seed` set: one config of `seeds` each)."""
+        branch = cfg.get("branch")
+        if branch is not None:
+            schema = OmegaConf.get_type(branch)
+            if schema not in (BranchConfig, InstabilityConfig):
+                schema = InstabilityConfig if branch.name in ANALYSES else BranchConfig
+            branch = _typed(schema, branch)
+        return cls(name=cfg.name, seed=cfg.seed, progress_bar=cfg.progress_bar, model=_typed(ModelConfig, cfg.model),
+                   data=_typed(DataConfig, cfg.data), training=_typed(TrainingConfig, cfg.training),
+                   pruning=_typed(PruningConfig, cfg.pruning), imp=_typed(IMPConfig, cfg.imp),
+                   trainer=_typed(TrainerConfig, cfg.trainer), logger=_typed(LoggerConfig, cfg.logger),
+                   store=_typed(StoreConfig, cfg.store), branch=branch)
+
+    def level_spec(self, steps: Steps, start_step: int) -> LevelSpec:
+        """The training spec of a level starting at `start_step`, the one every engine trains by (a rewind
+        mode's schedule, `lottery.imp.rewind.level_schedule`, adjusts it afterwards)."""
+        t, tr = self.training, self.trainer
+        return LevelSpec(start_step=start_step, iterations=steps.iterations, optimizer=t.optimizer, lr=t.lr,
+                         momentum=t.momentum, weight_decay=t.weight_decay, milestones=steps.milestones,
+                         gamma=t.gamma, eval_every=t.eval_every, checkpoint_every=t.checkpoint_every,
+                         accelerator=tr.accelerator, devices=tr.devices, strategy=tr.strategy,
+                         num_nodes=tr.num_nodes, deterministic=tr.deterministic, progress_bar=self.progress_bar,
+                         engine=t.engine, precision=t.precision)
+
+
 def register_imp_configs(cs: ConfigStore) -> None:
     """Register the schema of the IMP groups, which their conf/ files inherit through their defaults lists."""
     for group, node in [
@@ -134,38 +201,35 @@ def _rate(key: str, value: float) -> None:
         raise ConfigError(f"{key}={value} is out of range; a pruning rate must be in [0, 1)")
 
 
-@dataclass(frozen=True)
-class Steps:
-    """Training-time points of an IMP run, in iterations."""
-
-    steps_per_epoch: int
-    iterations: int
-    rewind: int
-    milestones: tuple[int, ...]
-
-
-def resolve_steps(cfg: DictConfig) -> Steps:
+def resolve_steps(config: IMPRunConfig) -> Steps:
     """Turn the step-valued config fields ("500", "2ep") into iterations, using the dataset's epoch length."""
-    info = DATASETS[cfg.data.name]
-    num_train = info.num_train - cfg.data.val_size
-    if cfg.data.train_subset:
-        num_train = min(num_train, cfg.data.train_subset)
-    spe = num_train // cfg.training.batch_size
+    data, training, imp = config.data, config.training, config.imp
+    info = DATASETS[data.name]
+    num_train = info.num_train - data.val_size
+    if data.train_subset:
+        num_train = min(num_train, data.train_subset)
+    spe = num_train // training.batch_size
     if spe < 1:
-        raise ConfigError(f"training.batch_size={cfg.training.batch_size} exceeds the {num_train} training examples")
-    iterations = parse_step(cfg.training.iterations, spe)
+        raise ConfigError(f"training.batch_size={training.batch_size} exceeds the {num_train} training examples")
+    iterations = parse_step(training.iterations, spe)
     if iterations < 1:
-        raise ConfigError(f"training.iterations={cfg.training.iterations!r} must be at least one iteration")
-    rewind = REWIND_MODES[cfg.imp.rewind].point(cfg.imp.rewind_to, spe)
+        raise ConfigError(f"training.iterations={training.iterations!r} must be at least one iteration")
+    rewind = REWIND_MODES[imp.rewind].point(imp.rewind_to, spe)
     if rewind >= iterations:
-        raise ConfigError(f"imp.rewind_to={cfg.imp.rewind_to!r} is iteration {rewind}, not before the end of "
+        raise ConfigError(f"imp.rewind_to={imp.rewind_to!r} is iteration {rewind}, not before the end of "
                           f"training at iteration {iterations}; choose a rewind point below training.iterations")
-    milestones = tuple(sorted(parse_step(m, spe) for m in cfg.training.milestones))
+    milestones = tuple(sorted(parse_step(m, spe) for m in training.milestones))
     return Steps(spe, iterations, rewind, milestones)
 
 
 def validate_imp(cfg: DictConfig) -> Steps:
     """Check ranges and cross-field rules of an IMP run that the types alone cannot express; return its steps."""
+    return check_imp(cfg)[1]
+
+
+def check_imp(cfg: DictConfig) -> tuple[IMPRunConfig, Steps]:
+    """Validate an IMP run's composed config (ConfigError naming the key) and return it typed, with its steps:
+    the job's boundary, after which nothing reads the DictConfig but the run hash and W&B's record of it."""
     for group in GROUPS:
         if cfg.get(group) is None:
             raise ConfigError(f"{group} is not set; an IMP run needs the {group} config group")
@@ -248,7 +312,8 @@ def validate_imp(cfg: DictConfig) -> Steps:
         raise ConfigError(f"imp.rewind_to={cfg.imp.rewind_to!r}: with imp.rewind=epoch give a whole number of epochs")
     if cfg.data.val_size >= DATASETS[cfg.data.name].num_train:
         raise ConfigError(f"data.val_size={cfg.data.val_size} leaves no training examples")
-    steps = resolve_steps(cfg)
-    if cfg.get("branch") is not None and cfg.branch.name == "instability":
-        validate_instability(cfg, steps)
-    return steps
+    config = IMPRunConfig.from_config(cfg)
+    steps = resolve_steps(config)
+    if config.branch is not None and config.branch.name == "instability":
+        validate_instability(config.branch, config.imp.levels, config.imp.oneshot, config.imp.rewind, steps)
+    return config, steps

@@ -204,6 +204,7 @@ def test_pai_runs_are_addressed_like_the_other_figures() -> None:
     from experiments.figures.lth import specs as lth_specs
     from experiments.figures.pai import LEVELS, METHODS, specs
     from lottery.imp.plan import level_rounds
+    from lottery.imp.schema import IMPRunConfig
 
     options = Options(seeds=2)
     pai = {s.key: s for s in specs(options)}
@@ -213,7 +214,8 @@ def test_pai_runs_are_addressed_like_the_other_figures() -> None:
     assert run_folder(compose_run(pai[("imp", None, 1)].overrides)) == run_folder(compose_run(lth[("imp_lenet", 1)].overrides))
     for method in ("snip", "magnitude", "random"):
         cfg = compose_run(pai[(method, 12, 0)].overrides)
-        assert level_rounds(cfg) == [1] and cfg.imp.levels == 12 and cfg.pruning.strategy == "global"
+        config = IMPRunConfig.from_config(cfg)
+        assert level_rounds(config.imp, config.pruning) == [1] and cfg.imp.levels == 12 and cfg.pruning.strategy == "global"
 
 
 @pytest.mark.slow
