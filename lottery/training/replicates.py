@@ -50,7 +50,7 @@ WARMUP_STEPS = 3  # eager steps before a CUDA graph is captured (lazy cuBLAS / o
 COMPILED_CACHE_SIZE = 8  # compiled training losses kept per process (one per model structure, K, batch, dtype)
 
 log = logging.getLogger(__name__)
-LossFn = Callable[[dict[str, Tensor], dict[str, Tensor], Tensor, Tensor], Tensor]
+LossFn = Callable[[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor], Tensor, Tensor], Tensor]
 _compiled_losses: OrderedDict[tuple, tuple[nn.Module, LossFn]] = OrderedDict()
 
 
@@ -63,11 +63,16 @@ def autocast(device: torch.device, precision: str) -> Any:
 
 
 def _batch_losses(base: nn.Module, k: int, batch_size: int, dtype: torch.dtype, device: torch.device,
-                  precision: str) -> LossFn:
+                  precision: str, mask_in_forward: bool) -> LossFn:
     batched = vmap(lambda p, b, x: functional_call(base, (p, b), (x,)))  # per-replicate weights, buffers, batches
 
-    def batch_losses(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-        """Each replicate's mean training loss on its batch, [K]."""
+    def batch_losses(p: dict[str, Tensor], keep: dict[str, Tensor], b: dict[str, Tensor], x: Tensor, y: Tensor
+                     ) -> Tensor:
+        """Each replicate's mean training loss on its batch, [K]. `mask_in_forward`: the weights enter as
+        weight ⊙ keep (the same values: pruned weights are zero), so that the backward pass itself gives the
+        masked gradient, fused into the kernel that writes it, in the parameter's layout."""
+        if mask_in_forward:
+            p = {n: v * keep[n] if n in keep else v for n, v in p.items()}
         with autocast(device, precision):
             logits = batched(p, b, x)
             losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
@@ -97,23 +102,25 @@ class _EagerIfUncompilable:
 
 
 def training_loss(base: nn.Module, k: int, batch_size: int, dtype: torch.dtype, device: torch.device,
-                  precision: str, compiled: bool) -> tuple[nn.Module, LossFn]:
-    """The per-replicate training loss of K stacked `base` models, and the module whose train/eval mode it
-    follows. Compiled losses are kept per structure, K, batch size and dtype, so the levels of a run (each a
+                  precision: str, compiled: bool) -> tuple[nn.Module, LossFn, bool]:
+    """The per-replicate training loss of K stacked `base` models, the module whose train/eval mode it
+    follows, and whether its gradients come out masked (the compiled loss masks in its forward pass: a
+    separate masking of a vmapped matmul's transposed gradient costs more than the whole fused update).
+    Compiled losses are kept per structure, K, batch size and dtype, so the levels of a run (each a
     new `train_replicates` call) compile once, not once each (torch.compile recompiles on every new closure
     and turns eager after a few)."""
     if not compiled:
-        return base, _batch_losses(base, k, batch_size, dtype, device, precision)
+        return base, _batch_losses(base, k, batch_size, dtype, device, precision, mask_in_forward=False), False
     key = (type(base).__module__, type(base).__qualname__, repr(base),
            tuple((n, tuple(v.shape), v.dtype) for n, v in base.state_dict().items()),
            k, batch_size, dtype, str(device), precision)
     if key not in _compiled_losses:
-        eager = _batch_losses(base, k, batch_size, dtype, device, precision)
+        eager = _batch_losses(base, k, batch_size, dtype, device, precision, mask_in_forward=True)
         _compiled_losses[key] = base, _EagerIfUncompilable(torch.compile(eager, dynamic=False), eager)
         while len(_compiled_losses) > COMPILED_CACHE_SIZE:
             _compiled_losses.popitem(last=False)
     _compiled_losses.move_to_end(key)
-    return _compiled_losses[key]
+    return (*_compiled_losses[key], True)
 
 
 @dataclass
@@ -213,8 +220,9 @@ def train_replicates(model_fn: Callable[[], nn.Module], inits: Sequence[Mapping[
             torch._foreach_mul_(weights, keeps)
 
     # Compiled, the forward's and the backward's elementwise work fuse into a few kernels around the matmuls.
-    base, loss_of = training_loss(base, k, batch_size, dtype, device, precision,
-                                  graphed if compile_loss is None else compile_loss)
+    base, loss_of, grads_masked = training_loss(base, k, batch_size, dtype, device, precision,
+                                                graphed if compile_loss is None else compile_loss)
+    keep_of = dict(zip(masked, keeps, strict=True))
 
     def forward(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor) -> Tensor:
         return functional_call(base, (p, b), (x,))
@@ -242,12 +250,12 @@ def train_replicates(model_fn: Callable[[], nn.Module], inits: Sequence[Mapping[
         if crop_padding:
             x = apply_crop_flip(x.flatten(0, 1), crop_offsets, crop_flips, crop_padding, fill).view_as(x)
         base.train()
-        losses = loss_of(params, buffers, x, y_train[idx])
+        losses = loss_of(params, keep_of, buffers, x, y_train[idx])
         grads = torch.autograd.grad(losses.sum(), plist)  # replicates are independent: d(sum)/dθ_r = dL_r/dθ_r
         with torch.no_grad():
             acc.add_(losses)
-            if weights:  # masked grads: Adam moments, momentum and weight decay never move a pruned weight
-                torch._foreach_mul_([grads[j] for j in masked_at], keeps)
+            if weights and not grads_masked:  # masked grads: Adam's moments, momentum and weight decay never
+                torch._foreach_mul_([grads[j] for j in masked_at], keeps)  # move a pruned weight
             for p, g in zip(plist, grads, strict=True):
                 # torch's fused kernels read a gradient as if laid out like its parameter (a vmapped matmul's
                 # weight gradient is a transposed view; fused SGD/Adam silently misread it, torch 2.14 CPU)
@@ -257,22 +265,54 @@ def train_replicates(model_fn: Callable[[], nn.Module], inits: Sequence[Mapping[
                 torch._foreach_mul_(weights, keeps)
             position.add_(1)
 
+    # Each split's [K, 3] sums (loss, correct, count), written by the evaluation (eagerly, or by replaying a
+    # captured graph: the CUDA-graph step's evaluation is then one launch per split and one read-back).
+    eval_out = {split: torch.zeros(k, 3, device=device, dtype=dtype) for split in evals}
+    eval_graphs: dict[str, torch.cuda.CUDAGraph] = {}
+
+    def eval_split(x: Tensor, y: Tensor, out: Tensor) -> None:
+        sums = torch.zeros(k, 3, device=device, dtype=dtype)
+        for lo in range(0, len(x), eval_batch_size):
+            xb, yb = x[lo:lo + eval_batch_size], y[lo:lo + eval_batch_size]
+            with autocast(device, precision):
+                logits = shared(params, buffers, xb)  # [K, b, classes]
+                loss = F.cross_entropy(logits.flatten(0, 1), yb.repeat(k), reduction="none").view(k, -1)
+            loss = loss.to(dtype)
+            correct = (logits.argmax(-1) == yb).sum(1)
+            sums += torch.stack([loss.sum(1), correct.to(dtype), torch.full_like(loss[:, 0], len(yb))], 1)
+        out.copy_(sums)
+
+    def run_evaluation() -> None:
+        if eval_graphs:
+            for graph_of_split in eval_graphs.values():
+                graph_of_split.replay()
+            return
+        if not graphed:
+            for split, (x, y) in evals.items():
+                eval_split(x, y, eval_out[split])
+            return
+        # The first evaluation of a CUDA-graph run: eagerly on the side stream (cuBLAS and allocator warm-up),
+        # then each split is captured for the later ones.
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for split, (x, y) in evals.items():
+                eval_split(x, y, eval_out[split])
+        torch.cuda.current_stream(device).wait_stream(side)
+        for split, (x, y) in evals.items():
+            eval_graphs[split] = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(eval_graphs[split]):
+                eval_split(x, y, eval_out[split])  # recorded, not run
+
     def evaluate(step: int) -> None:
         nonlocal counted
         rows: list[dict[str, float]] = [{"iteration": start_step + step} for _ in range(k)]
         base.eval()  # BatchNorm normalises with its running statistics
         with torch.no_grad():
-            for split, (x, y) in evals.items():
-                sums = torch.zeros(k, 3, device=device, dtype=dtype)
-                for lo in range(0, len(x), eval_batch_size):
-                    xb, yb = x[lo:lo + eval_batch_size], y[lo:lo + eval_batch_size]
-                    with autocast(device, precision):
-                        logits = shared(params, buffers, xb)  # [K, b, classes]
-                        loss = F.cross_entropy(logits.flatten(0, 1), yb.repeat(k), reduction="none").view(k, -1)
-                    loss = loss.to(dtype)
-                    correct = (logits.argmax(-1) == yb).sum(1)
-                    sums += torch.stack([loss.sum(1), correct.to(dtype), torch.full_like(loss[:, 0], len(yb))], 1)
-                for row, (loss_sum, right, count) in zip(rows, sums.tolist(), strict=True):
+            run_evaluation()
+        if evals:  # one read-back for all splits
+            sums_of = dict(zip(evals, torch.stack(list(eval_out.values())).tolist(), strict=True))
+            for split, sums in sums_of.items():
+                for row, (loss_sum, right, count) in zip(rows, sums, strict=True):
                     row[f"{split}_loss"], row[f"{split}_acc"] = loss_sum / count, right / count
         base.train()
         train_losses = acc.tolist()
