@@ -12,7 +12,7 @@ embedding, norms, lm_head, RoPE tables and KV cache:
 | ``sparse_tok`` | `GlueBlock`, token-major residual | 2:4 (+ dispatch) | fused: RoPE/cache, residual add |
 | ``dense_fm`` | `GlueBlock`, feature-major residual | ``torch.mm(W, B)`` | never transposed |
 | ``sparse_fm`` | `GlueBlock`, feature-major residual | 2:4 (+ dispatch) | never transposed |
-| ``stub`` / ``stub_fm`` | standard / feature-major | pre-made outputs | (Amdahl's f of that block) |
+| ``stub`` / ``stub_tok`` / ``stub_fm`` | each block kind | pre-made outputs | (Amdahl's f of that block) |
 
 The dense glue variants are the fair baselines of the sparse glue ones: same kernels, dense matmuls.
 """
@@ -31,10 +31,10 @@ from lottery.pruning.nm import nm_mask
 __all__ = ["SPARSE_VARIANTS", "VARIANTS", "build_variants", "block_shapes"]
 
 VARIANTS = ("dense", "sparse_copy", "sparse_tt", "dense_tok", "sparse_tok", "dense_fm", "sparse_fm", "stub",
-            "stub_fm")
+            "stub_tok", "stub_fm")
 SPARSE_VARIANTS = ("sparse_copy", "sparse_tt", "sparse_tok", "sparse_fm")
 _GLUE = {"dense_tok": "token", "sparse_tok": "token", "dense_fm": "feature", "sparse_fm": "feature",
-         "stub_fm": "feature"}
+         "stub_tok": "token", "stub_fm": "feature"}
 
 
 def block_shapes(d: LlamaDims) -> dict[str, tuple[int, int]]:

@@ -147,8 +147,18 @@ class SemiStructuredLinear(nn.Module):
             yt = self._cslt(x2)
             if self.keep_transposed:
                 y = yt.t()
+            elif self.transpose == "auto":
+                try:
+                    y = fused_transpose(yt)
+                except Exception as e:  # noqa: BLE001 - e.g. Triton cannot compile here: fall back, say so once
+                    import warnings
+
+                    warnings.warn(f"SemiStructuredLinear: Triton transpose failed ({type(e).__name__}: {e}); "
+                                  "using torch's copy from now on", stacklevel=2)
+                    self.transpose = "copy"
+                    y = yt.t().contiguous()
             else:
-                y = fused_transpose(yt, impl="torch" if self.transpose == "copy" else self.transpose)
+                y = fused_transpose(yt, impl="torch" if self.transpose == "copy" else "triton")
             if self.bias is not None:
                 y = y + self.bias
             return y.reshape(*lead, self.out_features)
