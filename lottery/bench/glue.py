@@ -4,8 +4,10 @@
 back ate the whole 2:4 gain end to end (issue 16). Here the block's linears are `TransposedLinear`-like
 modules ``B (in, T) -> (out, T)`` and the consumers take that layout as it comes:
 
-- q, k, v: `rope_heads` reads qᵀ/kᵀ/vᵀ and writes (batch, heads, tokens, head_dim): q into a fresh tensor, k and
-  v straight into the static KV cache, RoPE applied on the way (the transpose, RoPE and cache write are one pass).
+- q, k, v: `rope_heads` reads qᵀ/kᵀ/vᵀ and writes (batch, heads, tokens, head_dim), RoPE applied on the way:
+  q into a fresh tensor; k and v into the static KV cache and, in prefill, also into fresh tensors in the same
+  pass, so that prefill attention reads contiguous (batch, heads, tokens, head_dim) operands rather than cache
+  slices (``fuse_prefill_cache=True`` reads the cache instead, saving those writes).
 - attention's output (batch, tokens, heads·head_dim) is contiguous token-major, so o reads its transposed view.
 - gate/up → `silu_mul` on the two contiguous Yᵀ → down reads the contiguous (intermediate, T) as is.
 - the residual stream, ``layout``: ``"feature"`` keeps it (hidden, T) — RMSNorm runs over dim 0
@@ -62,11 +64,11 @@ class GlueBlock(nn.Module):
     """Pre-norm attention + SwiGLU MLP over Yᵀ-returning linears (see the module docstring)."""
 
     def __init__(self, d: LlamaDims, lin: dict[str, nn.Module], norm1: Tensor, norm2: Tensor, layout: str,
-                 impl: str = "auto") -> None:
+                 impl: str = "auto", fuse_prefill_cache: bool = False) -> None:
         super().__init__()
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-        self.d, self.layout, self.impl = d, layout, impl
+        self.d, self.layout, self.impl, self.fuse_prefill_cache = d, layout, impl, fuse_prefill_cache
         self.lin = nn.ModuleDict(lin)
         self.register_buffer("norm1", norm1, persistent=False)
         self.register_buffer("norm2", norm2, persistent=False)
@@ -87,12 +89,21 @@ class GlueBlock(nn.Module):
         h = self._norm(x, self.norm1)
         q = torch.empty((b, d.heads, t, hd), dtype=x.dtype, device=x.device)
         rope_heads(self.lin["q"](h), cos, sin, pos, q, t, rotate=True, impl=self.impl)
-        rope_heads(self.lin["k"](h), cos, sin, pos, kc[:, :, pos:pos + t], t, rotate=True, impl=self.impl)
-        rope_heads(self.lin["v"](h), cos, sin, pos, vc[:, :, pos:pos + t], t, rotate=False, impl=self.impl)
         gqa = d.kv_heads != d.heads
-        if pos == 0:
+        kt, vt = self.lin["k"](h), self.lin["v"](h)
+        if pos == 0 and not self.fuse_prefill_cache:
+            k = torch.empty((b, d.kv_heads, t, hd), dtype=x.dtype, device=x.device)
+            v = torch.empty_like(k)
+            rope_heads(kt, cos, sin, pos, k, t, rotate=True, impl=self.impl, out2=kc[:, :, :t])
+            rope_heads(vt, cos, sin, pos, v, t, rotate=False, impl=self.impl, out2=vc[:, :, :t])
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        elif pos == 0:
+            rope_heads(kt, cos, sin, pos, kc[:, :, :t], t, rotate=True, impl=self.impl)
+            rope_heads(vt, cos, sin, pos, vc[:, :, :t], t, rotate=False, impl=self.impl)
             a = F.scaled_dot_product_attention(q, kc[:, :, :t], vc[:, :, :t], is_causal=True, enable_gqa=gqa)
-        else:  # decode: the new tokens attend to the whole cache up to themselves
+        else:  # decode: the new tokens go to the cache and attend to all of it up to themselves
+            rope_heads(kt, cos, sin, pos, kc[:, :, pos:pos + t], t, rotate=True, impl=self.impl)
+            rope_heads(vt, cos, sin, pos, vc[:, :, pos:pos + t], t, rotate=False, impl=self.impl)
             a = F.scaled_dot_product_attention(q, kc[:, :, :pos + t], vc[:, :, :pos + t], enable_gqa=gqa)
         a2 = a.transpose(1, 2).reshape(b * t, d.heads * hd)
         if not a2.is_contiguous():

@@ -78,33 +78,40 @@ def _rotate_half(x: Tensor) -> Tensor:
 
 
 def rope_heads(xt: Tensor, cos: Tensor, sin: Tensor, pos: int, out: Tensor, seqlen: int, rotate: bool = True,
-               impl: str = "auto") -> Tensor:
+               impl: str = "auto", out2: Tensor | None = None) -> Tensor:
     """Write feature-major ``xt`` (heads·head_dim, batch·seqlen) into ``out`` (batch, heads, seqlen, head_dim),
     rotated by RoPE at positions ``pos .. pos+seqlen-1`` when ``rotate`` (cos/sin: (max_len, head_dim) tables).
 
     ``out`` may be any view with unit stride in its last dim, e.g. a slice of a static KV cache: the cache write
     and the transpose are then the same pass. Column c of ``xt`` is token c % seqlen of sequence c // seqlen;
-    columns past batch·seqlen (padding) are ignored. Returns ``out``.
+    columns past batch·seqlen (padding) are ignored. ``out2`` (same shape, e.g. the cache slice while ``out`` is
+    a fresh tensor for attention) receives the same values in the same pass. Returns ``out``.
     """
     b, heads, t, hd = out.shape
     if t != seqlen or xt.shape[0] != heads * hd or xt.shape[1] < b * t or hd % 2:
         raise ValueError(f"rope_heads: xt {tuple(xt.shape)} does not fill out {tuple(out.shape)} (seqlen {seqlen})")
+    if out2 is not None and out2.shape != out.shape:
+        raise ValueError(f"rope_heads: out2 {tuple(out2.shape)} is not shaped like out {tuple(out.shape)}")
     if resolve_impl(impl, xt) == "torch":
         x = xt[:, : b * t].t().reshape(b, t, heads, hd).transpose(1, 2)
         if rotate:
             c, s = cos[pos:pos + t], sin[pos:pos + t]
             x = x * c + _rotate_half(x) * s
         out.copy_(x)
+        if out2 is not None:
+            out2.copy_(x)
         return out
-    if out.stride(-1) != 1:
-        raise ValueError("rope_heads: out must have unit stride in its last dim")
+    if out.stride(-1) != 1 or (out2 is not None and out2.stride(-1) != 1):
+        raise ValueError("rope_heads: out (and out2) must have unit stride in their last dim")
     half = hd // 2
     bd = 1 << max(0, (half - 1).bit_length())
     bt = 64 if bd <= 64 else 32
     ncols = b * t
+    o2 = out if out2 is None else out2
     _k("rope_heads", xt)[(_cdiv(ncols, bt), heads)](
-        xt, cos, sin, out, ncols, t, pos, xt.stride(0), xt.stride(1), cos.stride(0), sin.stride(0),
-        out.stride(0), out.stride(1), out.stride(2), HALF=half, BD=bd, BT=bt, ROTATE=rotate)
+        xt, cos, sin, out, o2, ncols, t, pos, xt.stride(0), xt.stride(1), cos.stride(0), sin.stride(0),
+        out.stride(0), out.stride(1), out.stride(2), o2.stride(0), o2.stride(1), o2.stride(2),
+        HALF=half, BD=bd, BT=bt, ROTATE=rotate, HAS2=out2 is not None)
     return out
 
 

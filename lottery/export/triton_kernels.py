@@ -57,11 +57,13 @@ if _HAVE_TRITON:
         b = tl.load(yt + n[None, :] * syn + t[:, None] * syt, mask=m).to(tl.float32)
         tl.store(out + t[:, None] * sot + n[None, :] * son, (a + b).to(out.dtype.element_ty), mask=m)
 
-    def _rope_heads(xt, cos, sin, out, ncols, seqlen, pos0, sxf, sxc, scp, ssp, sob, soh, sot,
-                    HALF: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, ROTATE: tl.constexpr):
+    def _rope_heads(xt, cos, sin, out, out2, ncols, seqlen, pos0, sxf, sxc, scp, ssp, sob, soh, sot, sob2, soh2,
+                    sot2, HALF: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, ROTATE: tl.constexpr,
+                    HAS2: tl.constexpr):
         # xt is feature-major (heads*head_dim, batch*seqlen): column c is token c % seqlen of sequence
         # c // seqlen. Head h's rows h*head_dim + d go to out[b, h, t, d], rotated by RoPE at position
-        # pos0 + t when ROTATE (x*cos + rotate_half(x)*sin, each product rounded as torch rounds it).
+        # pos0 + t when ROTATE (x*cos + rotate_half(x)*sin, each product rounded as torch rounds it). With HAS2
+        # the same values also go to out2 (e.g. a fresh k for attention and the KV cache, in one pass).
         h = tl.program_id(1)
         c = tl.program_id(0) * BT + tl.arange(0, BT)
         d = tl.arange(0, BD)
@@ -94,6 +96,10 @@ if _HAVE_TRITON:
         po = out + bi[None, :] * sob + h * soh + ti[None, :] * sot + d[:, None]
         tl.store(po, y1, mask=m)
         tl.store(po + HALF, y2, mask=m)
+        if HAS2:
+            p2 = out2 + bi[None, :] * sob2 + h * soh2 + ti[None, :] * sot2 + d[:, None]
+            tl.store(p2, y1.to(out2.dtype.element_ty), mask=m)
+            tl.store(p2 + HALF, y2.to(out2.dtype.element_ty), mask=m)
 
     def _col_sumsq(x, part, H, N, sxh, sxn, CH, BH: tl.constexpr, BN: tl.constexpr):
         # part[s, n] = sum of x[h, n]^2 over rows h in chunk s (CH rows), in fp32.

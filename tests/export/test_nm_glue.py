@@ -17,21 +17,21 @@ from lottery.pruning.nm import nm_mask
 D = LlamaDims(64, 96, 2, 4, 4, 50, 1e-6, 1e4)  # head_dim 16
 
 
-def _glue_from(tiny, layout: str) -> GlueLlama:
+def _glue_from(tiny, layout: str, fuse: bool = False) -> GlueLlama:
     """A GlueLlama over the same weights as a TinyLlama built by build_models (dense linears)."""
     from lottery.bench.glue import GlueBlock
 
     blocks = [GlueBlock(D, {n: DenseT(m.weight) for n, m in blk.lin.items()}, blk.norm1, blk.norm2, layout,
-                        impl="torch") for blk in tiny.blocks]
+                        impl="torch", fuse_prefill_cache=fuse) for blk in tiny.blocks]
     return GlueLlama(D, tiny.embed, blocks, tiny.norm, tiny.head, tiny.cache, (tiny.cos, tiny.sin), layout,
                      impl="torch")
 
 
-@pytest.mark.parametrize("layout", ["feature", "token"])
-def test_glue_block_matches_standard_block_prefill_and_decode(layout):
+@pytest.mark.parametrize("layout,fuse", [("feature", False), ("token", False), ("feature", True)])
+def test_glue_block_matches_standard_block_prefill_and_decode(layout, fuse):
     models = build_models(D, torch.float32, 3, 40, lambda w, name: _Dense(w), device="cpu")
     ref = models["dense"]
-    glue = _glue_from(ref, layout)
+    glue = _glue_from(ref, layout, fuse)
     ids = torch.randint(0, D.vocab, (3, 13), generator=torch.Generator().manual_seed(1))
     # Prefill of 3 sequences (39 tokens, padded to 40 columns), then one decode step each (3 -> 8 columns).
     want = ref(ids[:, :12], 0)

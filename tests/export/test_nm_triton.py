@@ -55,7 +55,7 @@ def test_rope_heads_into_cache_slice(checks, dtype):
 
 
 def test_tiny_model_with_triton_glue(checks):
-    for layout in ("feature", "token"):
+    for layout in ("feature", "token", "feature_fused_cache"):
         assert checks[f"model/{layout}/prefill"] <= 1e-5
         assert checks[f"model/{layout}/decode"] <= 1e-5
 

@@ -42,9 +42,10 @@ def main() -> dict[str, float]:
                 want = fused.rope_heads(xt, cos, sin, pos, torch.zeros(b, heads, t, hd, dtype=dt), t, rotate,
                                         impl="torch")
                 cache = torch.zeros(b, heads, 16, hd, dtype=dt)
-                fused.rope_heads(xt, cos, sin, pos, cache[:, :, pos:pos + t], t, rotate, impl="triton")
+                fresh = torch.zeros(b, heads, t, hd, dtype=dt)
+                fused.rope_heads(xt, cos, sin, pos, fresh, t, rotate, impl="triton", out2=cache[:, :, pos:pos + t])
                 key = f"rope_heads/{name}/hd{hd}/{'rope' if rotate else 'copy'}"
-                out[key] = diff(cache[:, :, pos:pos + t], want)
+                out[key] = max(diff(cache[:, :, pos:pos + t], want), diff(fresh, want))
                 out[key + "/untouched"] = float(cache[:, :, :pos].abs().sum() + cache[:, :, pos + t:].abs().sum())
         xh, w = torch.randn(600, 37, generator=g).to(dt), torch.randn(600, generator=g).to(dt)
         out[f"rms_norm_cols/{name}"] = diff(fused.rms_norm_cols(xh, w, 1e-6, impl="triton"),
@@ -57,16 +58,17 @@ def main() -> dict[str, float]:
     d = LlamaDims(64, 96, 2, 4, 4, 50, 1e-6, 1e4)
     tiny = build_models(d, torch.float32, 2, 24, lambda w, name: _Dense(w), device="cpu")["dense"]
     ids = torch.randint(0, d.vocab, (2, 9), generator=g)
-    for layout in ("feature", "token"):
+    for layout, fuse in (("feature", False), ("token", False), ("feature", True)):
         res = {}
         for impl in ("torch", "triton"):
             blocks = [GlueBlock(d, {n: DenseT(m.weight) for n, m in blk.lin.items()}, blk.norm1, blk.norm2, layout,
-                                impl=impl) for blk in tiny.blocks]
+                                impl=impl, fuse_prefill_cache=fuse) for blk in tiny.blocks]
             m = GlueLlama(d, tiny.embed, blocks, tiny.norm, tiny.head, tiny.cache, (tiny.cos, tiny.sin), layout,
                           impl=impl)
             res[impl] = (m(ids[:, :8], 0), m(ids[:, 8:], 8))
-        out[f"model/{layout}/prefill"] = diff(res["triton"][0], res["torch"][0])
-        out[f"model/{layout}/decode"] = diff(res["triton"][1], res["torch"][1])
+        tag = layout + ("_fused_cache" if fuse else "")
+        out[f"model/{tag}/prefill"] = diff(res["triton"][0], res["torch"][0])
+        out[f"model/{tag}/decode"] = diff(res["triton"][1], res["torch"][1])
     return out
 
 
