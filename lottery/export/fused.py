@@ -10,11 +10,12 @@ token-major is the usual (tokens, features).
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from lottery.export import triton_kernels as tk
 
 __all__ = ["IMPLS", "add_transposed", "resolve_impl", "rms_norm_cols", "rope_heads", "silu_mul", "transpose"]
 
@@ -28,12 +29,20 @@ def resolve_impl(impl: str, x: Tensor) -> str:
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "auto":
-        return "triton" if x.is_cuda and tk.available() else "torch"
+        return "triton" if x.is_cuda and _have_triton() else "torch"
     return impl
 
 
+@functools.cache
+def _have_triton() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
 def _k(name: str, x: Tensor):
-    return tk.kernel(name, interpret=not x.is_cuda)
+    # Imported on first use: importing lottery.export must not pay for importing triton.
+    from lottery.export import triton_kernels
+
+    return triton_kernels.kernel(name, interpret=not x.is_cuda)
 
 
 def _cdiv(a: int, b: int) -> int:
