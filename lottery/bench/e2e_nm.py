@@ -167,6 +167,8 @@ def _rows(dt: str, layers: int, phase: str, bsz: int, t: int, variants: tuple[st
             notes.append(tm[n].error)
         if n not in timed:
             notes.append("failed the correctness check: not timed")
+        elif n in failed:
+            notes.append("outside the correctness tolerance (timed anyway)")
         if c is not None and c.note:
             notes.append(c.note)
         out.append(E2EVariantRow(
@@ -184,7 +186,7 @@ def _rows(dt: str, layers: int, phase: str, bsz: int, t: int, variants: tuple[st
 def bench_e2e_variants(d: LlamaDims, dtype: torch.dtype, variants: tuple[str, ...] = VARIANTS, prefill: int = 2048,
                        decode_batches: tuple[int, ...] = (1, 16), dispatch=None, seed: int = 0,
                        target_s: float = 0.3, deadline: float | None = None,
-                       time_failed: bool = False) -> tuple[list[E2EVariantRow], list[CheckRow]]:
+                       time_failed: bool = True) -> tuple[list[E2EVariantRow], list[CheckRow]]:
     """Build, check and time the variants for one dtype. Phases past ``deadline`` are skipped (logged)."""
     variants = tuple(dict.fromkeys(("dense", *variants)))
     dt = str(dtype).removeprefix("torch.")
@@ -194,7 +196,11 @@ def bench_e2e_variants(d: LlamaDims, dtype: torch.dtype, variants: tuple[str, ..
     log.info("e2e %s: built %s in %.1fs", dt, ",".join(variants), time.time() - t0)
     checks = check_variants(models, d, dtype, prefill, decode_batches)
     failed = {r.variant for r in checks if not r.ok}
-    timed = {n: m for n, m in models.items() if time_failed or n not in failed or n == "dense"}
+    # A variant that raised is not timed (it would raise again); one only outside the tolerance is timed and
+    # marked (✗ in the tables), unless time_failed is False.
+    raised = {r.variant for r in checks if r.note}
+    timed = {n: m for n, m in models.items()
+             if n == "dense" or (n not in raised and (time_failed or n not in failed))}
     g = torch.Generator(device=timing.DEVICE).manual_seed(seed + 1)
     ids = torch.randint(0, d.vocab, (max((1, *decode_batches)), prefill), device=timing.DEVICE, generator=g)
     rows: list[E2EVariantRow] = []

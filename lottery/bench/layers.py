@@ -174,7 +174,10 @@ def bench_layer(n: int, k: int, tokens_list: list[int], dtype: torch.dtype, vari
                     else:
                         calls[v] = lambda i, xs=xs, ws_=ws_: ws_[i].mm_t(xs[i].t(), out_dtype=odt)
                     calls[v](0)
-                    cfg = next(iter(ws_[0].configs.values()), None)
+                    od = torch.float16 if v == "cslt_i8_f16" else odt
+                    # (a (K, 1) view counts as contiguous, so fall back to the config the call just made)
+                    cfg = ws_[0].configs.get((-(-t // _PAD_ROWS[dtype]) * _PAD_ROWS[dtype], not v.endswith("_xT"),
+                                              od)) or (list(ws_[0].configs.values()) or [None])[-1]
                     if cfg is not None:
                         info[v] = (cfg.alg_id, cfg.split_k)
                         if cfg.note:

@@ -111,3 +111,14 @@ def test_nm_e2e_refuses_without_cuda_and_bad_options(monkeypatch, capsys):
         with pytest.raises(SystemExit) as e:
             bench_main(["nm_e2e", *bad])
         assert e.value.code == 2
+
+
+def test_e2e_variant_outside_tolerance_is_timed_and_marked(cpu_bench, monkeypatch):
+    import fake_cslt
+
+    monkeypatch.setattr(torch, "_cslt_sparse_mm", lambda *a, **k: fake_cslt.sparse_mm(*a, **k) * 1.05)
+    rows, checks = bench_e2e_variants(TINY, torch.float32, ("sparse_fm",), prefill=16, decode_batches=(1,))
+    fm = [r for r in rows if r.variant == "sparse_fm"]
+    assert all(not r.ok and r.reps > 0 and "outside the correctness tolerance" in r.note for r in fm)
+    assert all(r.ok for r in rows if r.variant == "dense")
+    assert "NOT met" in "\n".join(target_lines(rows))  # no correct 2:4 variant: the target is not met
