@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             report.write_csv(kernels, a.out / "kernels.csv")
             tile = best_tile(kernels)
             if tile:
-                fused.TRANSPOSE_TILE = tile[:2]
+                fused.TRANSPOSE_TILE, fused.TRANSPOSE_WARPS = tile[:2], tile[2]
                 log.info("transpose tile from now on: %s (%d warps measured)", tile[:2], tile[2])
 
         run.stage("kernels", do_kernels)

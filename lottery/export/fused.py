@@ -22,6 +22,7 @@ __all__ = ["IMPLS", "add_transposed", "resolve_impl", "rms_norm_cols", "rope_hea
 IMPLS = ("auto", "triton", "torch")
 # Tile sizes: 64x64 tiles of 2-byte elements are 8 KB, enough bytes in flight per CTA for HBM3 with 4 warps.
 TRANSPOSE_TILE = (64, 64)
+TRANSPOSE_WARPS = 4  # (the benchmark sets both to the fastest tile it measured)
 
 
 def resolve_impl(impl: str, x: Tensor) -> str:
@@ -49,7 +50,8 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def transpose(x: Tensor, impl: str = "auto", tile: tuple[int, int] | None = None, num_warps: int = 4) -> Tensor:
+def transpose(x: Tensor, impl: str = "auto", tile: tuple[int, int] | None = None,
+              num_warps: int | None = None) -> Tensor:
     """A contiguous copy of ``x.t()`` for a 2-D ``x`` of any strides."""
     if x.dim() != 2:
         raise ValueError(f"transpose takes a 2-D tensor, got shape {tuple(x.shape)}")
@@ -60,7 +62,7 @@ def transpose(x: Tensor, impl: str = "auto", tile: tuple[int, int] | None = None
     if x.numel() == 0:
         return y
     br, bc = tile or TRANSPOSE_TILE
-    kw = {"num_warps": num_warps} if x.is_cuda else {}
+    kw = {"num_warps": num_warps or TRANSPOSE_WARPS} if x.is_cuda else {}
     _k("transpose", x)[(_cdiv(r, br), _cdiv(c, bc))](x, y, r, c, x.stride(0), x.stride(1), y.stride(0), y.stride(1),
                                                      BR=br, BC=bc, **kw)
     return y
