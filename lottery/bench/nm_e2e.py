@@ -44,7 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     p = argparse.ArgumentParser(prog="python -m lottery.bench nm_e2e", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("experiments/sparse_speed/nm_e2e"), help="output folder")
-    p.add_argument("--budget-s", type=float, default=420.0, help="wall-clock budget of the measurements (s)")
+    p.add_argument("--budget-s", type=float, default=360.0,
+                   help="wall-clock budget of the measurements (s); a stage already running finishes its unit")
     p.add_argument("--layers", type=int, default=32, help="decoder layers end to end (LLaMA-7B: 32)")
     p.add_argument("--prefill", type=int, default=2048, help="prefill tokens; decode steps attend to this many")
     p.add_argument("--decode-batches", default="1,16")
@@ -168,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
 
     dims = llama7b_dims(a.layers)
     shapes = list(dict.fromkeys(block_shapes(dims).values()))
-    pad = 8  # GlueLlama pads token columns to 8: decode b=1 runs 8 columns
-    model_tokens = sorted({a.prefill, *a.decode_list, *(-(-b // pad) * pad for b in a.decode_list)})
+    pad = 8  # GlueLlama pads its token columns to a multiple of 8 (decode b=1 runs 8): those are the counts used
+    model_tokens = sorted({-(-x // pad) * pad for x in (a.prefill, *a.decode_list)})
     for dname in _csv(a.e2e_dtypes):
         dt = DTYPES[dname]
         table = None

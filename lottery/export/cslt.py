@@ -19,6 +19,7 @@ config's result, shared by all weights of one shape (`_SHARED`) and kept in `Csl
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 
@@ -58,6 +59,7 @@ def b_layout(b: Tensor) -> str:
     return "other"
 
 
+@functools.cache
 def _mm_arg_names() -> tuple[str, ...]:
     try:
         (schema,) = torch._C._jit_get_schemas_for_operator("aten::_cslt_sparse_mm")
