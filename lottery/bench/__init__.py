@@ -1,4 +1,5 @@
-"""GPU benchmarks. `python -m lottery.bench sparse_speed` measures 2:4 and narrow-width speed against dense.
+"""GPU benchmarks. `python -m lottery.bench sparse_speed` measures 2:4 and narrow-width speed against dense;
+`nm_e2e` (issue 16) the 2:4 model without transpose copies, end to end; `width_speed` the narrowed model.
 
 Library pieces: `time_side_by_side` (interleaved CUDA-event timing), `amdahl`, `llama7b_dims`.
 """

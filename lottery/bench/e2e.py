@@ -57,9 +57,10 @@ def bench_e2e(d: LlamaDims, dtype: torch.dtype, prefill: int = 2048, decode_batc
     from lottery.export.semi import SemiStructuredLinear
 
     max_batch = max((1, *decode_batches))
+    # transpose="copy": this is the measurement of experiments/sparse_speed/RESULTS.md (the Triton transpose and
+    # the Yᵀ-consuming blocks are `python -m lottery.bench nm_e2e`).
     models = build_models(d, dtype, max_batch, prefill + 1, lambda w, name: SemiStructuredLinear(
-        w, backend=backend, keep_transposed=name in ("gate", "up")),
-                          seed=seed)
+        w, backend=backend, keep_transposed=name in ("gate", "up"), transpose="copy"), seed=seed)
     g = torch.Generator(device="cuda").manual_seed(seed + 1)
     ids = torch.randint(0, d.vocab, (max_batch, prefill), device="cuda", generator=g)
 

@@ -10,7 +10,15 @@ Variants (Y = X·Wᵀ, W is out×in, X is tokens×in):
   (`lottery.export.cusparselt`); ``lt_A_rowD`` returns Yᵀ, the other two Y. ``lt_A_rowD_xT`` takes Xᵀ
   contiguous and returns Yᵀ (activations kept transposed between layers: no transpose copies).
 - cuSPARSELt refuses fewer rows than 8 (16 for int8): those sparse variants get X zero-padded beforehand.
-- int8: ``dense`` is `torch._int_mm` (int32 out) and the lt variants take int8 and write int32.
+- Issue 16 (`lottery.export.cslt.CsltWeight`, configs searched with split-K by ``mm_search``, padding inside):
+  ``dense_fm``: ``torch.mm(W, Xᵀ)`` on a contiguous Xᵀ (the dense matmul of feature-major activations, Yᵀ out);
+  ``cslt_tuned`` / ``cslt_tuned_xT``: 2:4 from X.t() / from a contiguous Xᵀ, Yᵀ out;
+  ``cslt_Y_copy`` / ``cslt_Y_triton``: 2:4 then back to token-major Y by torch's ``.contiguous()`` (what the old
+  export paid per layer) / by the Triton tiled transpose.
+- int8: ``dense`` is `torch._int_mm` (int32 out; X padded to 32 rows below 17, which it refuses) and the lt
+  variants take int8 and write int32. ``cslt_i8`` / ``cslt_i8_xT``: 2:4 int8 through `torch._cslt_sparse_mm`
+  (int32 out); ``cslt_i8_f16``: int8 in, fp16 out with a per-output-channel scale (alpha), the W8A8 output a
+  model would use; ``dense_fp16``: `F.linear` in fp16 on the same shape, for int8 vs fp16.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from lottery.bench import timing
 from lottery.bench.timing import time_side_by_side
 from lottery.pruning.nm import nm_mask
 
@@ -31,10 +40,15 @@ log = logging.getLogger(__name__)
 __all__ = ["FLOAT_VARIANTS", "INT8_VARIANTS", "LayerRow", "bench_layer"]
 
 FLOAT_VARIANTS = ("dense", "dense_masked", "half", "torch_semi", "torch_cslt", "torch_cslt_xT")
+NM_VARIANTS = ("dense", "dense_fm", "torch_cslt", "cslt_tuned", "cslt_tuned_xT", "cslt_Y_copy", "cslt_Y_triton")
 CTYPES_VARIANTS = ("lt_A", "lt_A_rowD", "lt_A_rowD_xT", "lt_B")  # experimental: crashed on the H200
-INT8_VARIANTS = ("dense", "half", "lt_A_rowD", "lt_A_rowD_xT", "lt_B")  # int8 2:4 only via the ctypes path
-_SPARSE = ("torch_semi", "torch_cslt", "torch_cslt_xT", "lt_A", "lt_A_rowD", "lt_A_rowD_xT", "lt_B")
-_TRANSPOSED_OUT = ("torch_cslt", "torch_cslt_xT", "lt_A_rowD", "lt_A_rowD_xT")
+INT8_VARIANTS = ("dense", "half", "lt_A_rowD", "lt_A_rowD_xT", "lt_B", "cslt_i8", "cslt_i8_xT", "cslt_i8_f16",
+                 "dense_fp16")
+INT8_NM_VARIANTS = ("dense", "cslt_i8", "cslt_i8_xT", "cslt_i8_f16", "dense_fp16")
+_CSLTW = ("cslt_tuned", "cslt_tuned_xT", "cslt_Y_copy", "cslt_Y_triton", "cslt_i8", "cslt_i8_xT", "cslt_i8_f16")
+_SPARSE = ("torch_semi", "torch_cslt", "torch_cslt_xT", "lt_A", "lt_A_rowD", "lt_A_rowD_xT", "lt_B", *_CSLTW)
+_TRANSPOSED_OUT = ("torch_cslt", "torch_cslt_xT", "lt_A_rowD", "lt_A_rowD_xT", "dense_fm", "cslt_tuned",
+                   "cslt_tuned_xT", "cslt_i8", "cslt_i8_xT", "cslt_i8_f16")
 _PAD_ROWS = {torch.float16: 8, torch.bfloat16: 8, torch.int8: 16}
 L2_TARGET_BYTES = 256 << 20  # rotate weight copies until they total ~4x the H200's 60 MB L2
 
@@ -63,8 +77,8 @@ class LayerRow:
 
 def _rand(shape: tuple[int, ...], dtype: torch.dtype, gen: torch.Generator, scale: float = 1.0) -> torch.Tensor:
     if dtype == torch.int8:
-        return torch.randint(-8, 8, shape, dtype=torch.int8, device="cuda", generator=gen)
-    return (torch.randn(shape, device="cuda", generator=gen) * scale).to(dtype)
+        return torch.randint(-8, 8, shape, dtype=torch.int8, device=timing.DEVICE, generator=gen)
+    return (torch.randn(shape, device=timing.DEVICE, generator=gen) * scale).to(dtype)
 
 
 def _rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
@@ -77,9 +91,11 @@ def _rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
 def bench_layer(n: int, k: int, tokens_list: list[int], dtype: torch.dtype, variants: tuple[str, ...],
                 mode: str = "graph", tol: float = 1e-3, seed: int = 0, target_s: float = 0.25) -> list[LayerRow]:
     """Measure every variant at every token count for one weight shape (out=n, in=k)."""
+    from lottery.export.cslt import CsltWeight
     from lottery.export.cusparselt import LtSparseWeight
+    from lottery.export.fused import transpose as fused_transpose
 
-    gen = torch.Generator(device="cuda").manual_seed(seed)
+    gen = torch.Generator(device=timing.DEVICE).manual_seed(seed)
     esize = torch.tensor([], dtype=dtype).element_size()
     nsets = max(1, min(8, math.ceil(L2_TARGET_BYTES / (n * k * esize))))
     is_int = dtype == torch.int8
@@ -92,7 +108,12 @@ def bench_layer(n: int, k: int, tokens_list: list[int], dtype: torch.dtype, vari
     def dense_mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return torch._int_mm(x, w.t()) if is_int else F.linear(x, w)
 
-    semi, packed, lt = {}, {}, {}
+    # Per-output-channel dequantisation scale of the int8 fp16-out variant (the same for every copy).
+    alpha = torch.rand(n, device=timing.DEVICE, generator=gen).add_(0.5).div_(64.0) if is_int else None
+    wf16 = [(torch.randn(n, k, device=timing.DEVICE, generator=gen) / math.sqrt(k)).half() for _ in range(nsets)] \
+        if is_int and "dense_fp16" in variants else []
+    odt = torch.int32 if is_int else None  # int8 2:4 writes int32 (its default would be int8, saturated)
+    semi, packed, lt, cw = {}, {}, {}, {}
     notes: dict[str, str] = {}
     for v in variants:
         try:
@@ -104,29 +125,63 @@ def bench_layer(n: int, k: int, tokens_list: list[int], dtype: torch.dtype, vari
                 packed[v] = [torch._cslt_compress(w) for w in wm]
             elif v.startswith("lt_"):
                 lt[v] = [LtSparseWeight(w, layout=v[3:].removesuffix("_xT")) for w in wm]
+            elif v in _CSLTW:
+                cw[v] = cw.get("any") or [CsltWeight(w) for w in wm]  # one compressed copy set for all
+                cw["any"] = cw[v]
         except Exception as e:  # noqa: BLE001 - an unavailable path is reported as a row, not a crash
             notes[v] = f"setup failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
             log.warning("%dx%d %s %s: %s", n, k, dtype, v, notes[v])
     rows: list[LayerRow] = []
     for t in tokens_list:
-        if is_int and t <= 16:
-            continue  # torch._int_mm needs more than 16 rows
         xs = [_rand((t, k), dtype, gen) for _ in range(nsets)]
+        # torch._int_mm needs more than 16 rows: the int8 dense baseline gets X zero-padded to 32 rows there.
+        xd = [F.pad(x, (0, 0, 0, 32 - t)) for x in xs] if is_int and t <= 16 else xs
+        xf16 = [x.half() for x in xs] if wf16 else []
         xh = xs if halve_out else [x[:, : k // 2].contiguous() for x in xs]
         tp = -(-t // _PAD_ROWS[dtype]) * _PAD_ROWS[dtype]
         xp = xs if tp == t else [F.pad(x, (0, 0, 0, tp - t)) for x in xs]
         xpt = [x.t().contiguous() for x in xp] if {"lt_A_rowD_xT", "torch_cslt_xT"} & set(variants) else []
+        xst = [x.t().contiguous() for x in xs] if {"dense_fm", "cslt_tuned_xT", "cslt_i8_xT"} & set(variants) else []
         calls: dict[str, Callable[[int], object]] = {}
         info: dict[str, tuple[int, int]] = {}
         errs: dict[str, float] = {}
         vnotes = dict(notes)
-        ref = dense_mm(xs[0], wmt[0])
+        # Reference: dense on the masked weight (int8: the exact product, in float64, whatever the token count).
+        ref = (xs[0].double() @ wmt[0].double().t()).to(torch.int32) if is_int else dense_mm(xs[0], wmt[0])
         for v in variants:
             if v in notes:
                 continue
             try:
                 if v == "dense":
-                    calls[v] = lambda i, xs=xs: dense_mm(xs[i], wt[i])
+                    calls[v] = lambda i, xd=xd: dense_mm(xd[i], wt[i])
+                    if xd is not xs:
+                        vnotes[v] = "X padded to 32 rows"
+                elif v == "dense_fm":
+                    calls[v] = lambda i, xst=xst: torch.mm(wmt[i], xst[i])
+                elif v == "dense_fp16":
+                    calls[v] = lambda i, xf16=xf16: F.linear(xf16[i], wf16[i])
+                elif v in _CSLTW:
+                    ws_ = cw[v]
+                    if v in ("cslt_tuned_xT", "cslt_i8_xT"):
+                        calls[v] = lambda i, xst=xst, ws_=ws_: ws_[i].mm_t(xst[i], out_dtype=odt)
+                    elif v == "cslt_i8_f16":
+                        calls[v] = lambda i, xs=xs, ws_=ws_: ws_[i].mm_t(xs[i].t(), out_dtype=torch.float16,
+                                                                          alpha=alpha)
+                    elif v == "cslt_Y_copy":
+                        calls[v] = lambda i, xs=xs, ws_=ws_: ws_[i].mm_t(xs[i].t()).t().contiguous()
+                    elif v == "cslt_Y_triton":
+                        calls[v] = lambda i, xs=xs, ws_=ws_: fused_transpose(ws_[i].mm_t(xs[i].t()), impl="triton")
+                    else:
+                        calls[v] = lambda i, xs=xs, ws_=ws_: ws_[i].mm_t(xs[i].t(), out_dtype=odt)
+                    calls[v](0)
+                    od = torch.float16 if v == "cslt_i8_f16" else odt
+                    # (a (K, 1) view counts as contiguous, so fall back to the config the call just made)
+                    cfg = ws_[0].configs.get((-(-t // _PAD_ROWS[dtype]) * _PAD_ROWS[dtype], not v.endswith("_xT"),
+                                              od)) or (list(ws_[0].configs.values()) or [None])[-1]
+                    if cfg is not None:
+                        info[v] = (cfg.alg_id, cfg.split_k)
+                        if cfg.note:
+                            vnotes[v] = cfg.note[:160]
                 elif v == "dense_masked":
                     calls[v] = lambda i, xs=xs: dense_mm(xs[i], wmt[i])
                 elif v == "half":
@@ -155,16 +210,16 @@ def bench_layer(n: int, k: int, tokens_list: list[int], dtype: torch.dtype, vari
                     calls[v] = lambda i, inputs=inputs, plans=plans: plans[i].run(inputs[i])
                 else:
                     raise ValueError(f"unknown variant {v!r}")
-                if v in _SPARSE or v == "dense_masked":
+                if v in _SPARSE or v in ("dense_masked", "dense_fm"):
                     y = calls[v](0)
                     y = (y.t() if v in _TRANSPOSED_OUT else y)[:t]
-                    errs[v] = _rel_err(y, ref)
+                    errs[v] = _rel_err(y, ref.float() * alpha if v == "cslt_i8_f16" else ref)
             except Exception as e:  # noqa: BLE001 - a failing path becomes a row with its reason
                 vnotes[v] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
                 calls.pop(v, None)
                 log.warning("%dx%d t=%d %s %s: %s", n, k, t, dtype, v, vnotes[v])
-                torch.cuda.synchronize()  # a sticky CUDA error must stop the run, not poison later rows
-        bad = {v for v, e in errs.items() if not (e <= (0.0 if is_int else tol))}
+                timing.sync()  # a sticky CUDA error must stop the run, not poison later rows
+        bad = {v for v, e in errs.items() if not (e <= (0.0 if is_int and v != "cslt_i8_f16" else tol))}
         for v in bad:
             vnotes[v] = f"wrong result: rel err {errs[v]:.2e} > tol; not timed"
             calls.pop(v, None)
@@ -185,6 +240,6 @@ def bench_layer(n: int, k: int, tokens_list: list[int], dtype: torch.dtype, vari
                                  base / ms if tm else float("nan"), errs.get(v, 0.0 if tm else float("nan")),
                                  tm is not None, flops / (ms * 1e9) if tm else float("nan"), alg, sk, nsets,
                                  len(tm.ms) if tm else 0, note))
-        del calls, timings, xs, xh, xp, xpt, ref
+        del calls, timings, xs, xh, xp, xpt, xst, xd, xf16, ref
         torch.cuda.empty_cache()
     return rows

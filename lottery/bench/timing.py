@@ -4,6 +4,9 @@ Each variant is a callable ``f(i)`` that runs one call on input/weight set ``i``
 repetition finds its operands in L2). One timed "replay" runs every set once; the time per call is the replay
 time over the number of sets. With ``mode="graph"`` the replay is a captured CUDA graph (no host overhead:
 the kernels' own time); with ``"eager"`` it is a Python loop (what an uncaptured model pays).
+
+`DEVICE` is where the benchmarks put their tensors ("cuda"); the CPU tests set it to "cpu", and then timing
+is a plain wall-clock loop (mode "cpu") so the benchmarks' bookkeeping can be tested without a GPU.
 """
 
 from __future__ import annotations
@@ -17,7 +20,15 @@ import torch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Timing", "time_side_by_side"]
+__all__ = ["DEVICE", "Timing", "sync", "time_side_by_side"]
+
+DEVICE = "cuda"
+
+
+def sync() -> None:
+    """Wait for the device (a no-op on the CPU)."""
+    if DEVICE != "cpu":
+        torch.cuda.synchronize()
 
 
 @dataclass
@@ -67,6 +78,8 @@ def _replay_fn(f: Callable[[int], object], nsets: int, mode: str) -> tuple[Calla
 def time_side_by_side(variants: dict[str, Callable[[int], object]], nsets: int, mode: str = "graph",
                       min_reps: int = 10, max_reps: int = 200, target_s: float = 0.4) -> dict[str, Timing]:
     """Time every variant interleaved; reps are chosen so that each variant runs about `target_s` seconds."""
+    if DEVICE == "cpu":
+        return _time_cpu(variants, nsets, min_reps)
     fns: dict[str, Callable[[], None]] = {}
     out: dict[str, Timing] = {}
     for name, f in variants.items():
@@ -97,4 +110,22 @@ def time_side_by_side(variants: dict[str, Callable[[int], object]], nsets: int, 
     torch.cuda.synchronize()
     for n in names:
         out[n].ms = [a.elapsed_time(b) / nsets for a, b in events[n]]
+    return out
+
+
+def _time_cpu(variants: dict[str, Callable[[int], object]], nsets: int, reps: int) -> dict[str, Timing]:
+    """Wall-clock loop for the CPU tests: exceptions propagate as they would from the GPU path's warm-up."""
+    import time
+
+    out = {}
+    for name, f in variants.items():
+        for i in range(nsets):
+            f(i)
+        ms = []
+        for _ in range(min(reps, 3)):
+            t0 = time.perf_counter()
+            for i in range(nsets):
+                f(i)
+            ms.append((time.perf_counter() - t0) * 1e3 / nsets)
+        out[name] = Timing(ms=ms, mode="cpu")
     return out
