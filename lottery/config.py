@@ -1,8 +1,9 @@
 """The shared root of every job's config: run name, seed(s), store, logger, progress bar, and which job runs.
 
 Each job keeps its own config groups and their validation beside it (`lottery.imp.schema`,
-`lottery.llm.schema`); `lottery.run` holds the table of jobs. This module knows no job, so every layer can
-import it. It also holds the small checks that the jobs' validations share.
+`lottery.llm.schema`, `lottery.llm.finetune_schema`) and its group defaults in `conf/job/<job>.yaml`;
+`lottery.run` holds the table of jobs. This module knows no job, so every layer can import it. It also holds
+the small checks that the jobs' validations share.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lottery.errors import ConfigError
@@ -59,7 +60,8 @@ class StoreConfig:
 
 @dataclass
 class RootConfig:
-    """The keys every job shares. A job's groups sit beside these at the top level of the composed config."""
+    """The keys every job shares (conf/config.yaml). A job's groups (conf/job/<job>.yaml) sit beside these at the
+    top level of the composed config; `job` is set by the job's file."""
 
     job: str = "imp"
     name: str = "custom"
@@ -72,24 +74,6 @@ class RootConfig:
 
 
 ROOT_KEYS = tuple(f.name for f in fields(RootConfig))
-
-
-@dataclass
-class ComposedRootConfig(RootConfig):
-    """The shared root as a job's exp file merges its own root schema in, after the root's groups are composed.
-
-    The shared fields are redeclared MISSING so that this merge types the root without resetting the values
-    already composed; `seeds` stays null, since MISSING merged onto the root's null would win (and be saved as
-    `???`). A job's root schema subclasses this and adds its groups.
-    """
-
-    job: str = MISSING
-    name: str = MISSING
-    seed: int = MISSING
-    seeds: list[int] | None = None
-    progress_bar: bool = MISSING
-    logger: LoggerConfig = MISSING
-    store: StoreConfig = MISSING
 
 
 def register_root_configs(cs: ConfigStore) -> None:
@@ -130,3 +114,4 @@ def validate_root(cfg: DictConfig) -> RootConfig:
     check_choice("store.on_corrupt", root.store.on_corrupt, ON_CORRUPT)
     check_writable("store.root", root.store.root)
     return root
+

@@ -15,7 +15,6 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-from lottery.config import ComposedRootConfig
 from lottery.errors import ConfigError
 from lottery.llm.allocation import ALLOCATIONS
 from lottery.llm.corpora import CORPORA, check_corpus
@@ -30,6 +29,8 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
                 "pytorch_model.bin.index.json")
 PACKAGE_PREFIX = "pkg:"
 GGUF_MAGIC = b"GGUF"
+# The config groups of the job, selected with their defaults by conf/job/oneshot.yaml.
+GROUPS = ("model", "prune", "calibration", "eval")
 
 
 def default_text_root() -> str:
@@ -118,30 +119,8 @@ class EvalConfig:
     batch_size: int = 32
 
 
-@dataclass
-class OneshotRootConfig(ComposedRootConfig):
-    """The root of a one-shot run: the shared root plus the groups of this job.
-
-    The exp file merges it in after the root's groups are composed (see ComposedRootConfig). The IMP groups
-    stay null keys: one-shot run hashes were taken over a config that had them, and must not move.
-    """
-
-    model: Any = MISSING
-    prune: Any = None
-    calibration: Any = None
-    eval: Any = None
-    # Null keys of the IMP groups, part of every one-shot run hash (see above).
-    data: Any = None
-    training: Any = None
-    pruning: Any = None
-    imp: Any = None
-    trainer: Any = None
-    branch: Any = None
-
-
 def register_oneshot_configs(cs: ConfigStore) -> None:
-    """Register the one-shot root and group schemas, which conf/exp/oneshot_*.yaml and the groups inherit."""
-    cs.store(name="oneshot_root_schema", node=OneshotRootConfig)
+    """Register the schemas of the one-shot groups, which their conf/ files inherit."""
     for group, name, node in [("model", "hf_model_schema", HFModelConfig), ("model", "charlm_schema", CharLMConfig),
                               ("prune", "prune_schema", PruneConfig),
                               ("calibration", "calibration_schema", CalibrationConfig),
@@ -256,7 +235,7 @@ def _check_allocation(p: DictConfig) -> None:
 
 def validate_oneshot(cfg: DictConfig) -> None:
     """Check a one-shot config without loading anything; raise ConfigError naming the key and allowed values."""
-    for group in ("model", "prune", "calibration", "eval"):
+    for group in GROUPS:
         if cfg.get(group) is None:
             raise ConfigError(f"{group} is not set; a oneshot run needs the {group} config group (use +exp=oneshot_llm)")
     if cfg.model.get("kind") not in MODEL_KINDS:
