@@ -74,6 +74,7 @@ class RootConfig:
 
 
 ROOT_KEYS = tuple(f.name for f in fields(RootConfig))
+SHARED_GROUPS = ("logger",)  # the config groups of conf/config.yaml's own defaults list, beside `job`
 
 
 def register_root_configs(cs: ConfigStore) -> None:
@@ -115,3 +116,18 @@ def validate_root(cfg: DictConfig) -> RootConfig:
     check_writable("store.root", root.store.root)
     return root
 
+
+def check_job_keys(cfg: DictConfig, job: str, groups: tuple[str, ...]) -> None:
+    """ConfigError for a top-level key that is neither shared nor one of `job`'s config groups, unless it is
+    null (conf/job/ keeps some such null keys, which run hashes include): a group of another job appended with
+    `+group=option` would otherwise ride along unread, and move the run's hash."""
+    for key in cfg:
+        if key in ROOT_KEYS or key in groups or key == "hydra" or cfg.get(key) is None:
+            continue
+        raise ConfigError(f"{not_a_group(key, job, groups)}; drop the {key} override")
+
+
+def not_a_group(key: str, job: str, groups: tuple[str, ...]) -> str:
+    """The words for `key` not being one of `job`'s config groups, naming those and the shared ones."""
+    return (f"{key} is not a config group of the {job} job (its groups: {', '.join(groups)}; shared: "
+            f"{', '.join(SHARED_GROUPS)})")
