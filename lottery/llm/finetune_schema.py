@@ -16,6 +16,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from lottery.config import check_choice
 from lottery.errors import ConfigError
 from lottery.llm.corpora import CORPORA, check_corpus
+from lottery.llm.schema import is_device
 
 MODES = ("full", "lora")
 SCHEDULES = ("cosine", "constant")
@@ -133,7 +134,7 @@ def validate_finetune(cfg: DictConfig) -> Path:
     if f.train_embeddings and f.mode != "full":
         raise ConfigError("finetune.train_embeddings=true needs finetune.mode=full (LoRA trains adapters only)")
     device = f.device
-    if device is not None and not (device == "cpu" or device == "cuda" or str(device).startswith("cuda:")):
+    if device is not None and not is_device(device):
         raise ConfigError(f"finetune.device={device!r} is not allowed; choose null (the source's), cpu, cuda or cuda:N")
     check_choice("finetune.corpus", f.corpus, CORPORA)
     folder = resolve_source(f.source, cfg.store.root)

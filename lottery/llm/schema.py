@@ -15,6 +15,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from lottery.config import check_choice
 from lottery.errors import ConfigError
 from lottery.llm.allocation import ALLOCATIONS
 from lottery.llm.corpora import CORPORA, check_corpus
@@ -139,6 +140,11 @@ def parse_pattern(pattern: str, key: str = "prune.pattern") -> tuple[int, int] |
     return nm
 
 
+def is_device(text: Any) -> bool:
+    """Is `text` a device this project places models on: cpu, cuda or cuda:N?"""
+    return str(text) in ("cpu", "cuda") or str(text).startswith("cuda:")
+
+
 def as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]
 
@@ -217,8 +223,7 @@ def _check_allocation(p: DictConfig) -> None:
     """Known allocations; owl_m > 0; lambda keeps every block of a linear ramp in [0, 1); N:M needs uniform."""
     chosen = allocations(p)
     for allocation in chosen:
-        if allocation not in ALLOCATIONS:
-            raise ConfigError(f"prune.allocation={allocation!r} is not allowed; choose one of {', '.join(ALLOCATIONS)}")
+        check_choice("prune.allocation", allocation, ALLOCATIONS)
     m, lam, s = float(p.get("owl_m", 5.0)), float(p.get("owl_lambda", 0.08)), float(p.sparsity)
     if m <= 0:
         raise ConfigError(f"prune.owl_m={m} must be > 0 (a weight is an outlier above owl_m x its block's mean score)")
@@ -238,20 +243,16 @@ def validate_oneshot(cfg: DictConfig) -> None:
     for group in GROUPS:
         if cfg.get(group) is None:
             raise ConfigError(f"{group} is not set; a oneshot run needs the {group} config group (use +exp=oneshot_llm)")
-    if cfg.model.get("kind") not in MODEL_KINDS:
-        raise ConfigError(f"model.kind={cfg.model.get('kind')!r} is not allowed; choose one of {', '.join(MODEL_KINDS)}")
-    if cfg.model.dtype not in DTYPES:
-        raise ConfigError(f"model.dtype={cfg.model.dtype!r} is not allowed; choose one of {', '.join(DTYPES)}")
+    check_choice("model.kind", cfg.model.get("kind"), MODEL_KINDS)
+    check_choice("model.dtype", cfg.model.dtype, DTYPES)
     for entry in cfg.prune.get("devices") or []:
-        if not (str(entry) == "cpu" or str(entry) == "cuda" or str(entry).startswith("cuda:")):
+        if not is_device(entry):
             raise ConfigError(f"prune.devices entry {entry!r} is not a device; use cpu, cuda or cuda:N")
-    device = str(cfg.model.device)
-    if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
-        raise ConfigError(f"model.device={device!r} is not allowed; choose cpu, cuda or cuda:N")
+    if not is_device(cfg.model.device):
+        raise ConfigError(f"model.device={str(cfg.model.device)!r} is not allowed; choose cpu, cuda or cuda:N")
     p = cfg.prune
     for method in as_list(p.method):
-        if method not in METHODS:
-            raise ConfigError(f"prune.method={method!r} is not allowed; choose one of {', '.join(METHODS)}")
+        check_choice("prune.method", method, METHODS)
     if not 0.0 <= float(p.sparsity) < 1.0:
         raise ConfigError(f"prune.sparsity={p.sparsity} is out of range; it must be in [0, 1)")
     for pattern in as_list(p.pattern):
@@ -269,16 +270,14 @@ def validate_oneshot(cfg: DictConfig) -> None:
     if c.nsamples <= 0 or c.seqlen <= 1:
         raise ConfigError(f"calibration.nsamples={c.nsamples} must be > 0 and calibration.seqlen={c.seqlen} > 1")
     corpus = c.get("corpus", "file")
-    if corpus not in CORPORA:
-        raise ConfigError(f"calibration.corpus={corpus!r} is not allowed; choose one of {', '.join(CORPORA)}")
+    check_choice("calibration.corpus", corpus, CORPORA)
     if cfg.model.kind == "hf" and corpus == "file" and not (c.text and Path(c.text).is_file()):
         raise ConfigError(f"calibration.text={c.text!r}: calibration text file not found (set LOTTERY_TEXT or "
                           "calibration.text)")
     if cfg.model.kind == "hf" and corpus != "file":
         check_corpus(corpus)
     e = cfg.eval
-    if e.metric not in EVAL_METRICS:
-        raise ConfigError(f"eval.metric={e.metric!r} is not allowed; choose one of {', '.join(EVAL_METRICS)}")
+    check_choice("eval.metric", e.metric, EVAL_METRICS)
     if e.seqlen <= 1 or e.sentences <= 0 or e.batch_size <= 0 or (e.max_chunks is not None and e.max_chunks <= 0):
         raise ConfigError("eval.seqlen must be > 1; eval.sentences, eval.batch_size and eval.max_chunks > 0")
     if cfg.model.kind == "hf" and not Path(e.text).is_file():
