@@ -1,8 +1,9 @@
 """The shared root of every job's config: run name, seed(s), store, logger, progress bar, and which job runs.
 
 Each job keeps its own config groups and their validation beside it (`lottery.imp.schema`,
-`lottery.llm.schema`); `lottery.run` holds the table of jobs. This module knows no job, so every layer can
-import it. It also holds the small checks that the jobs' validations share.
+`lottery.llm.schema`, `lottery.llm.finetune_schema`) and its group defaults in `conf/job/<job>.yaml`;
+`lottery.run` holds the table of jobs. This module knows no job, so every layer can import it. It also holds
+the small checks that the jobs' validations share.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lottery.errors import ConfigError
@@ -59,7 +60,8 @@ class StoreConfig:
 
 @dataclass
 class RootConfig:
-    """The keys every job shares. A job's groups sit beside these at the top level of the composed config."""
+    """The keys every job shares (conf/config.yaml). A job's groups (conf/job/<job>.yaml) sit beside these at the
+    top level of the composed config; `job` is set by the job's file."""
 
     job: str = "imp"
     name: str = "custom"
@@ -72,24 +74,7 @@ class RootConfig:
 
 
 ROOT_KEYS = tuple(f.name for f in fields(RootConfig))
-
-
-@dataclass
-class ComposedRootConfig(RootConfig):
-    """The shared root as a job's exp file merges its own root schema in, after the root's groups are composed.
-
-    The shared fields are redeclared MISSING so that this merge types the root without resetting the values
-    already composed; `seeds` stays null, since MISSING merged onto the root's null would win (and be saved as
-    `???`). A job's root schema subclasses this and adds its groups.
-    """
-
-    job: str = MISSING
-    name: str = MISSING
-    seed: int = MISSING
-    seeds: list[int] | None = None
-    progress_bar: bool = MISSING
-    logger: LoggerConfig = MISSING
-    store: StoreConfig = MISSING
+SHARED_GROUPS = ("logger",)  # the config groups of conf/config.yaml's own defaults list, beside `job`
 
 
 def register_root_configs(cs: ConfigStore) -> None:
@@ -130,3 +115,19 @@ def validate_root(cfg: DictConfig) -> RootConfig:
     check_choice("store.on_corrupt", root.store.on_corrupt, ON_CORRUPT)
     check_writable("store.root", root.store.root)
     return root
+
+
+def check_job_keys(cfg: DictConfig, job: str, groups: tuple[str, ...]) -> None:
+    """ConfigError for a top-level key that is neither shared nor one of `job`'s config groups, unless it is
+    null (conf/job/ keeps some such null keys, which run hashes include): a group of another job appended with
+    `+group=option` would otherwise ride along unread, and move the run's hash."""
+    for key in cfg:
+        if key in ROOT_KEYS or key in groups or key == "hydra" or cfg.get(key) is None:
+            continue
+        raise ConfigError(f"{not_a_group(key, job, groups)}; drop the {key} override")
+
+
+def not_a_group(key: str, job: str, groups: tuple[str, ...]) -> str:
+    """The words for `key` not being one of `job`'s config groups, naming those and the shared ones."""
+    return (f"{key} is not a config group of the {job} job (its groups: {', '.join(groups)}; shared: "
+            f"{', '.join(SHARED_GROUPS)})")

@@ -9,6 +9,7 @@ A bad config value ends the run before any work with one line on stderr and exit
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import sys
 from collections.abc import Callable
@@ -22,14 +23,17 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from lottery.config import register_root_configs, validate_root
+from lottery.config import ROOT_KEYS, check_job_keys, not_a_group, register_root_configs, validate_root
 from lottery.errors import ConfigError, LotteryError
 from lottery.imp.job import resolve as resolve_imp
 from lottery.imp.job import run as run_imp
+from lottery.imp.schema import GROUPS as IMP_GROUPS
 from lottery.imp.schema import register_imp_configs, validate_imp
 from lottery.llm.finetune import run as run_finetune
+from lottery.llm.finetune_schema import GROUPS as FINETUNE_GROUPS
 from lottery.llm.finetune_schema import register_finetune_configs, validate_finetune
 from lottery.llm.job import run as run_oneshot
+from lottery.llm.schema import GROUPS as ONESHOT_GROUPS
 from lottery.llm.schema import register_oneshot_configs, validate_oneshot
 from lottery.tracking.objective import sweep_objective
 
@@ -43,19 +47,22 @@ def _as_is(cfg: DictConfig) -> DictConfig:
 
 
 class Job(NamedTuple):
-    """A job: how its config is checked (before any run folder exists), how it runs, and how its `auto`
-    settings become concrete before anything hashes the config (identity for jobs without any)."""
+    """A job: its config groups (selected with their defaults by conf/job/<job>.yaml), how its config is checked
+    (before any run folder exists), how it runs, and how its `auto` settings become concrete before anything
+    hashes the config (identity for jobs without any)."""
 
+    groups: tuple[str, ...]
     validate: Callable[[DictConfig], Any]
     run: Callable[[DictConfig], Any]
     resolve: Callable[[DictConfig], DictConfig] = _as_is
 
 
-# The config key `job` picks a row. A new job adds its row here and its groups' schema to register_configs.
+# The config key `job`, which the job's file conf/job/<job>.yaml sets (`override /job: NAME` in an experiment),
+# picks a row. A new job adds its file there, its row here and its groups' schema to register_configs.
 JOBS: dict[str, Job] = {
-    "imp": Job(validate_imp, run_imp, resolve_imp),
-    "oneshot": Job(validate_oneshot, run_oneshot),
-    "finetune": Job(validate_finetune, run_finetune),
+    "imp": Job((*IMP_GROUPS, "branch"), validate_imp, run_imp, resolve_imp),  # +branch=NAME: optional
+    "oneshot": Job(ONESHOT_GROUPS, validate_oneshot, run_oneshot),
+    "finetune": Job(FINETUNE_GROUPS, validate_finetune, run_finetune),
 }
 
 
@@ -69,10 +76,13 @@ def register_configs() -> None:
 
 
 def job_of(cfg: DictConfig) -> Job:
-    """The row of JOBS that `cfg.job` names; ConfigError naming the key otherwise."""
+    """The row of JOBS that `cfg.job` names; ConfigError naming the key if there is none, or if `cfg` sets a
+    group that the job does not have (checked here, so a multirun, which skips `precheck`, refuses it too)."""
     if cfg.get("job") not in JOBS:
         raise ConfigError(f"job={cfg.get('job')!r} is not allowed; choose one of {', '.join(JOBS)}")
-    return JOBS[cfg.job]
+    job = JOBS[cfg.job]
+    check_job_keys(cfg, cfg.job, job.groups)
+    return job
 
 
 def validate(cfg: DictConfig) -> Any:
@@ -87,6 +97,7 @@ register_configs()
 
 def _one_line(err: BaseException) -> str:
     text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    text = text.split(" Config search path:")[0]  # Hydra's list of folders after an unknown group option
     return text.replace("Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.", "").strip()
 
 
@@ -122,20 +133,48 @@ _HYDRA_FLAGS = ("-m", "--multirun", "-h", "--help", "--hydra-help", "-c", "--cfg
                 "-cd", "--config-dir", "-cn", "--config-name", "-cp", "--config-path", "-p", "--package")
 
 
+def _compose(overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
 def precheck(overrides: list[str]) -> str | None:
     """Compose and validate a single-run command line; return a one-line error or None.
 
     Runs before Hydra creates any output folder, so a bad command leaves nothing behind.
     """
+    overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
     try:
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            cfg = compose("config", overrides=[o for o in overrides if not o.lstrip("+~").startswith("hydra")])
-        validate(cfg)
+        validate(_compose(overrides))
     except LotteryError as err:
         return _one_line(err)
     except Exception as err:  # Hydra/OmegaConf composition errors: unknown group option, wrong type, bad syntax
-        return _one_line(err)
+        return _not_a_group_of_the_job(str(err), overrides) or _one_line(err)
     return None
+
+
+# Hydra's words for a command-line override of a group (or key) that the composed config does not have.
+_NOT_OVERRIDDEN = re.compile(r"Could not override '([^']+)'")
+
+
+def _not_a_group_of_the_job(message: str, overrides: list[str]) -> str | None:
+    """Hydra's "Could not override 'pruning'" for a command-line override of another job's group, said so:
+    which job the command runs and its groups (Hydra's own hint, `+pruning=...`, is refused by job_of too).
+    None for any other error, or when the command without that override does not compose either."""
+    match = _NOT_OVERRIDDEN.match(message)
+    if match is None:
+        return None
+    key = match.group(1)
+    group = re.split(r"[./]", key)[0]
+    given = [o for o in overrides if o.lstrip("+~").split("=")[0] == key]
+    try:
+        cfg = _compose([o for o in overrides if o not in given])
+    except Exception:  # then Hydra's own message is the best there is
+        return None
+    job = JOBS.get(cfg.get("job"))
+    if job is None or group in job.groups or group in ROOT_KEYS:
+        return None
+    return f"{given[0] if given else key}: {not_a_group(group, cfg.job, job.groups)}"
 
 
 def cli() -> None:

@@ -9,19 +9,21 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from lottery.config import ComposedRootConfig, check_choice
+from lottery.config import check_choice
 from lottery.errors import ConfigError
 from lottery.llm.corpora import CORPORA, check_corpus
+from lottery.llm.schema import is_device
 
 MODES = ("full", "lora")
 SCHEDULES = ("cosine", "constant")
 LOSSES = ("lm", "distill")
 PRECISIONS = ("32-true", "bf16-mixed")
+# The config group of the job, selected with its defaults by conf/job/finetune.yaml.
+GROUPS = ("finetune",)
 MASKS_FILE = "masks.safetensors"  # as lottery.llm.checkpoint writes it (not imported: it loads transformers)
 
 
@@ -51,24 +53,8 @@ class FinetuneConfig:
     checkpoint_every: int = 50  # steps between resume checkpoints (not part of the run hash)
 
 
-@dataclass
-class FinetuneRootConfig(ComposedRootConfig):
-    """The root of a fine-tuning run: the shared root (see ComposedRootConfig) plus the `finetune` group."""
-
-    finetune: Any = None
-    # The other jobs' groups, null here.
-    model: Any = None
-    data: Any = None
-    training: Any = None
-    pruning: Any = None
-    imp: Any = None
-    trainer: Any = None
-    branch: Any = None
-
-
 def register_finetune_configs(cs: ConfigStore) -> None:
-    """Register the root and group schemas that conf/exp/oneshot_finetune.yaml and conf/finetune/ inherit."""
-    cs.store(name="finetune_root_schema", node=FinetuneRootConfig)
+    """Register the schema of the `finetune` group, which conf/finetune/ inherits."""
     cs.store(group="finetune", name="finetune_schema", node=FinetuneConfig)
 
 
@@ -148,7 +134,7 @@ def validate_finetune(cfg: DictConfig) -> Path:
     if f.train_embeddings and f.mode != "full":
         raise ConfigError("finetune.train_embeddings=true needs finetune.mode=full (LoRA trains adapters only)")
     device = f.device
-    if device is not None and not (device == "cpu" or device == "cuda" or str(device).startswith("cuda:")):
+    if device is not None and not is_device(device):
         raise ConfigError(f"finetune.device={device!r} is not allowed; choose null (the source's), cpu, cuda or cuda:N")
     check_choice("finetune.corpus", f.corpus, CORPORA)
     folder = resolve_source(f.source, cfg.store.root)

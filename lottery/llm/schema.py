@@ -15,7 +15,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-from lottery.config import ComposedRootConfig
+from lottery.config import check_choice
 from lottery.errors import ConfigError
 from lottery.llm.allocation import ALLOCATIONS
 from lottery.llm.corpora import CORPORA, check_corpus
@@ -30,6 +30,8 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
                 "pytorch_model.bin.index.json")
 PACKAGE_PREFIX = "pkg:"
 GGUF_MAGIC = b"GGUF"
+# The config groups of the job, selected with their defaults by conf/job/oneshot.yaml.
+GROUPS = ("model", "prune", "calibration", "eval")
 
 
 def default_text_root() -> str:
@@ -118,30 +120,8 @@ class EvalConfig:
     batch_size: int = 32
 
 
-@dataclass
-class OneshotRootConfig(ComposedRootConfig):
-    """The root of a one-shot run: the shared root plus the groups of this job.
-
-    The exp file merges it in after the root's groups are composed (see ComposedRootConfig). The IMP groups
-    stay null keys: one-shot run hashes were taken over a config that had them, and must not move.
-    """
-
-    model: Any = MISSING
-    prune: Any = None
-    calibration: Any = None
-    eval: Any = None
-    # Null keys of the IMP groups, part of every one-shot run hash (see above).
-    data: Any = None
-    training: Any = None
-    pruning: Any = None
-    imp: Any = None
-    trainer: Any = None
-    branch: Any = None
-
-
 def register_oneshot_configs(cs: ConfigStore) -> None:
-    """Register the one-shot root and group schemas, which conf/exp/oneshot_*.yaml and the groups inherit."""
-    cs.store(name="oneshot_root_schema", node=OneshotRootConfig)
+    """Register the schemas of the one-shot groups, which their conf/ files inherit."""
     for group, name, node in [("model", "hf_model_schema", HFModelConfig), ("model", "charlm_schema", CharLMConfig),
                               ("prune", "prune_schema", PruneConfig),
                               ("calibration", "calibration_schema", CalibrationConfig),
@@ -158,6 +138,11 @@ def parse_pattern(pattern: str, key: str = "prune.pattern") -> tuple[int, int] |
         raise ConfigError(f"{key}={pattern!r} is malformed; use unstructured, N:M with integers (e.g. 2:4), "
                           f"or a structured pattern: {', '.join(STRUCTURED_PATTERNS)}")
     return nm
+
+
+def is_device(text: Any) -> bool:
+    """Is `text` a device this project places models on: cpu, cuda or cuda:N?"""
+    return str(text) in ("cpu", "cuda") or str(text).startswith("cuda:")
 
 
 def as_list(value: Any) -> list[Any]:
@@ -238,8 +223,7 @@ def _check_allocation(p: DictConfig) -> None:
     """Known allocations; owl_m > 0; lambda keeps every block of a linear ramp in [0, 1); N:M needs uniform."""
     chosen = allocations(p)
     for allocation in chosen:
-        if allocation not in ALLOCATIONS:
-            raise ConfigError(f"prune.allocation={allocation!r} is not allowed; choose one of {', '.join(ALLOCATIONS)}")
+        check_choice("prune.allocation", allocation, ALLOCATIONS)
     m, lam, s = float(p.get("owl_m", 5.0)), float(p.get("owl_lambda", 0.08)), float(p.sparsity)
     if m <= 0:
         raise ConfigError(f"prune.owl_m={m} must be > 0 (a weight is an outlier above owl_m x its block's mean score)")
@@ -256,23 +240,19 @@ def _check_allocation(p: DictConfig) -> None:
 
 def validate_oneshot(cfg: DictConfig) -> None:
     """Check a one-shot config without loading anything; raise ConfigError naming the key and allowed values."""
-    for group in ("model", "prune", "calibration", "eval"):
+    for group in GROUPS:
         if cfg.get(group) is None:
             raise ConfigError(f"{group} is not set; a oneshot run needs the {group} config group (use +exp=oneshot_llm)")
-    if cfg.model.get("kind") not in MODEL_KINDS:
-        raise ConfigError(f"model.kind={cfg.model.get('kind')!r} is not allowed; choose one of {', '.join(MODEL_KINDS)}")
-    if cfg.model.dtype not in DTYPES:
-        raise ConfigError(f"model.dtype={cfg.model.dtype!r} is not allowed; choose one of {', '.join(DTYPES)}")
+    check_choice("model.kind", cfg.model.get("kind"), MODEL_KINDS)
+    check_choice("model.dtype", cfg.model.dtype, DTYPES)
     for entry in cfg.prune.get("devices") or []:
-        if not (str(entry) == "cpu" or str(entry) == "cuda" or str(entry).startswith("cuda:")):
+        if not is_device(entry):
             raise ConfigError(f"prune.devices entry {entry!r} is not a device; use cpu, cuda or cuda:N")
-    device = str(cfg.model.device)
-    if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
-        raise ConfigError(f"model.device={device!r} is not allowed; choose cpu, cuda or cuda:N")
+    if not is_device(cfg.model.device):
+        raise ConfigError(f"model.device={str(cfg.model.device)!r} is not allowed; choose cpu, cuda or cuda:N")
     p = cfg.prune
     for method in as_list(p.method):
-        if method not in METHODS:
-            raise ConfigError(f"prune.method={method!r} is not allowed; choose one of {', '.join(METHODS)}")
+        check_choice("prune.method", method, METHODS)
     if not 0.0 <= float(p.sparsity) < 1.0:
         raise ConfigError(f"prune.sparsity={p.sparsity} is out of range; it must be in [0, 1)")
     for pattern in as_list(p.pattern):
@@ -290,16 +270,14 @@ def validate_oneshot(cfg: DictConfig) -> None:
     if c.nsamples <= 0 or c.seqlen <= 1:
         raise ConfigError(f"calibration.nsamples={c.nsamples} must be > 0 and calibration.seqlen={c.seqlen} > 1")
     corpus = c.get("corpus", "file")
-    if corpus not in CORPORA:
-        raise ConfigError(f"calibration.corpus={corpus!r} is not allowed; choose one of {', '.join(CORPORA)}")
+    check_choice("calibration.corpus", corpus, CORPORA)
     if cfg.model.kind == "hf" and corpus == "file" and not (c.text and Path(c.text).is_file()):
         raise ConfigError(f"calibration.text={c.text!r}: calibration text file not found (set LOTTERY_TEXT or "
                           "calibration.text)")
     if cfg.model.kind == "hf" and corpus != "file":
         check_corpus(corpus)
     e = cfg.eval
-    if e.metric not in EVAL_METRICS:
-        raise ConfigError(f"eval.metric={e.metric!r} is not allowed; choose one of {', '.join(EVAL_METRICS)}")
+    check_choice("eval.metric", e.metric, EVAL_METRICS)
     if e.seqlen <= 1 or e.sentences <= 0 or e.batch_size <= 0 or (e.max_chunks is not None and e.max_chunks <= 0):
         raise ConfigError("eval.seqlen must be > 1; eval.sentences, eval.batch_size and eval.max_chunks > 0")
     if cfg.model.kind == "hf" and not Path(e.text).is_file():
