@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,25 +44,12 @@ from lottery.llm.sequential import prune_model
 from lottery.llm.sources import gguf_model_folder
 from lottery.llm.structured_job import check_structured_patterns, structured_variant
 from lottery.llm.structured_schema import is_structured
+from lottery.llm.subject import Subject
 from lottery.tracking import RunStore, load_json, load_torch, save_json, save_torch
 from lottery.tracking.atomic import atomic_dir
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass
-class Subject:
-    """What is pruned and how it is scored; everything a variant needs, built before any run folder exists."""
-
-    load: Callable[[], nn.Module]  # a fresh dense model (pruning works in place)
-    calib_ids: torch.Tensor  # [nsamples, seqlen]
-    evaluate: Callable[[nn.Module], float]
-    metric: str  # "perplexity" (lower is better) or "cosine" (higher is better)
-    dense_key: dict[str, Any]  # what the dense score depends on: names its cache folder
-    tokenizer: Any = None
-    dense_artifacts: Callable[[Path], None] | None = None  # writes what `evaluate` needs into the dense folder
-    calibration: str = ""  # which text calibrated, in words (printed and stored in results.json)
 
 
 def _pattern_dirname(pattern: str) -> str:

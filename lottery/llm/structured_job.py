@@ -39,7 +39,7 @@ from lottery.tracking.atomic import atomic_dir
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
-    from lottery.llm.job import Subject
+    from lottery.llm.subject import Subject
 
 log = logging.getLogger(__name__)
 __all__ = ["check_structured_patterns", "ratios", "structured_variant"]
