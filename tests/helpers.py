@@ -4,17 +4,29 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from lottery.imp.auto import resolve_auto
+from lottery.pruning import Mask
 from lottery.run import register_configs
 from lottery.tracking import RunStore
+from lottery.training.replicates import (
+    CropFlip,
+    ReplicateData,
+    ReplicateRun,
+    Replicates,
+    StepOptions,
+    train_replicates,
+)
+from lottery.training.spec import LevelSpec
 
 REPO = Path(__file__).resolve().parent.parent
 CONF_DIR = str(REPO / "conf")
@@ -101,3 +113,24 @@ def killed_at(module: ModuleType, step: int) -> Iterator[None]:
         yield
     finally:
         module.lr_factor = real
+
+
+def run_replicates(model_fn: Callable[[], torch.nn.Module], inits: Sequence[Mapping[str, torch.Tensor]],
+                   masks: Sequence[Mask | None], train: tuple[torch.Tensor, torch.Tensor], batch_size: int,
+                   seeds: Sequence[int], iterations: int, *,
+                   eval_sets: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+                   eval_batch_size: int = 1000, device: str | torch.device = "cpu", crop_padding: int = 0,
+                   crop_fill: torch.Tensor | None = None, fused_optimizer: bool | None = None,
+                   compile_loss: bool | None = None, checkpoints: Sequence[Path] | None = None,
+                   rewind: Any = None, progress: str | None = None, **spec: Any) -> list[ReplicateRun]:
+    """`train_replicates` called with one keyword per setting (what the replicate tests vary): builds the level
+    spec (`spec`: LevelSpec fields; the defaults are LeNet's Adam recipe with no milestones) and the groups."""
+    fields = {"start_step": 0, "optimizer": "adam", "lr": 1.2e-3, "momentum": 0.0, "weight_decay": 0.0,
+              "milestones": (), "gamma": 0.1, "eval_every": 100, "checkpoint_every": 1000, **spec}
+    level = LevelSpec(iterations=iterations, batch_size=batch_size,
+                      **{**fields, "milestones": tuple(fields["milestones"])})
+    return train_replicates(level, Replicates(model_fn, inits, masks, seeds),
+                            ReplicateData(train, eval_sets or {}, eval_batch_size), device=device,
+                            augment=CropFlip(crop_padding, crop_fill),
+                            options=StepOptions(fused_optimizer, compile_loss), checkpoints=checkpoints,
+                            rewind=rewind, progress=progress)

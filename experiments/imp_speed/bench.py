@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 import types
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,7 @@ from lottery.imp.auto import auto_engine  # noqa: E402
 from lottery.imp.level import LevelSpec, train_level  # noqa: E402
 from lottery.models import create_model, prunable_names  # noqa: E402
 from lottery.pruning import Mask, magnitude_prune  # noqa: E402
-from lottery.training.replicates import train_replicates  # noqa: E402
+from lottery.training.replicates import ReplicateData, Replicates, train_replicates  # noqa: E402
 
 SHAPES = {"lenet_300_100": ("mnist", (1, 28, 28)), "conv6": ("cifar10", (3, 32, 32))}
 ROWS: list[dict[str, Any]] = []
@@ -152,10 +153,10 @@ def run_batched_one(model_name: str, data: dict, init: dict, mask: Mask, iterati
     name, shape = SHAPES[model_name]
     sync(device)
     began = time.perf_counter()
-    runs = train_replicates(lambda: create_model(model_name, seed=0, input_shape=shape, num_classes=10), [init],
-                            [mask], data["train"], 60, [0], iterations, eval_every=iterations,
-                            eval_sets={"val": data["val"], "test": data["test"]}, device=device,
-                            cuda_graph=device.type == "cuda")
+    spec = replace(level_spec(iterations, device, "batched", True), cuda_graph=device.type == "cuda")
+    runs = train_replicates(spec, Replicates(lambda: create_model(model_name, seed=0, input_shape=shape,
+                                                                  num_classes=10), [init], [mask], [0]),
+                            ReplicateData(data["train"], {"val": data["val"], "test": data["test"]}), device=device)
     sync(device)
     assert runs[0].history[-1]["iteration"] == iterations
     return time.perf_counter() - began
@@ -222,10 +223,10 @@ def run_replicates(k: int, data: dict, iterations: int, device: torch.device, ev
     inits, masks = zip(*(pruned("lenet_300_100", shape, seed) for seed in range(k)), strict=True)
     sync(device)
     began = time.perf_counter()
-    runs = train_replicates(lambda: create_model("lenet_300_100", seed=0), list(inits), list(masks),
-                            data["train"], 60, list(range(k)), iterations, eval_every=eval_every,
-                            eval_sets={"val": data["val"], "test": data["test"]}, device=device,
-                            cuda_graph=cuda_graph)
+    spec = replace(level_spec(iterations, device, "batched", True), eval_every=eval_every, cuda_graph=cuda_graph)
+    runs = train_replicates(spec, Replicates(lambda: create_model("lenet_300_100", seed=0), list(inits),
+                                             list(masks), list(range(k))),
+                            ReplicateData(data["train"], {"val": data["val"], "test": data["test"]}), device=device)
     sync(device)
     assert len(runs) == k and runs[0].history[-1]["iteration"] == iterations
     return time.perf_counter() - began

@@ -43,7 +43,14 @@ import torch  # noqa: E402
 
 from lottery.models import create_model, prunable_names  # noqa: E402
 from lottery.pruning import Mask, magnitude_prune  # noqa: E402
-from lottery.training.replicates import train_replicates  # noqa: E402
+from lottery.training.replicates import (  # noqa: E402
+    CropFlip,
+    ReplicateData,
+    Replicates,
+    StepOptions,
+    train_replicates,
+)
+from lottery.training.spec import LevelSpec  # noqa: E402
 
 VARIANTS: dict[str, dict[str, bool]] = {
     "foreach": {"fused_optimizer": False, "compile_loss": False},
@@ -51,6 +58,14 @@ VARIANTS: dict[str, dict[str, bool]] = {
     "fused+compiled": {"fused_optimizer": True, "compile_loss": True},
 }
 ROWS: list[dict[str, Any]] = []
+
+
+def level_spec(iterations: int, *, batch_size: int, optimizer: str, lr: float, eval_every: int,
+               momentum: float = 0.0, weight_decay: float = 0.0, precision: str = "32-true") -> LevelSpec:
+    """A level from iteration 0 without milestones or checkpoints, its step replayed as a CUDA graph."""
+    return LevelSpec(start_step=0, iterations=iterations, optimizer=optimizer, lr=lr, momentum=momentum,
+                     weight_decay=weight_decay, milestones=(), gamma=0.1, eval_every=eval_every,
+                     checkpoint_every=1000, precision=precision, batch_size=batch_size, cuda_graph=True)
 
 
 def say(text: str) -> None:
@@ -101,10 +116,11 @@ def lenet(args: argparse.Namespace, device: torch.device) -> None:
         inits, masks = replicate_inputs("lenet_300_100", shape, k)
 
         def run(variant: str, iterations: int, eval_every: int = 100, inits=inits, masks=masks, k=k) -> list:
-            return train_replicates(lambda: create_model("lenet_300_100", seed=0), inits, masks, data["train"],
-                                    60, list(range(k)), iterations, optimizer="adam", lr=1.2e-3,
-                                    eval_every=eval_every, eval_sets=evals, device=device, cuda_graph=True,
-                                    **VARIANTS[variant])
+            spec = level_spec(iterations, batch_size=60, optimizer="adam", lr=1.2e-3, eval_every=eval_every)
+            return train_replicates(spec, Replicates(lambda: create_model("lenet_300_100", seed=0), inits, masks,
+                                                     list(range(k))),
+                                    ReplicateData(data["train"], evals), device=device,
+                                    options=StepOptions(**VARIANTS[variant]))
 
         for variant in VARIANTS:  # warm-up: compilation and first-call costs out of the timing
             say(f"K={k} {variant}: warm-up {timed(lambda v=variant: run(v, 200)):.1f} s")
@@ -174,12 +190,13 @@ def resnet(args: argparse.Namespace, device: torch.device) -> None:
 
                 def run(iterations: int, inits=inits, masks=masks, k=k, variant=variant, precision=precision,
                         model_name=model_name) -> list:
+                    spec = level_spec(iterations, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9,
+                                      weight_decay=1e-4, eval_every=10 ** 9, precision=precision)
                     return train_replicates(
-                        lambda: create_model(model_name, seed=0, input_shape=shape, num_classes=10), inits, masks,
-                        data["train"], 128, list(range(k)), iterations, optimizer="sgd", lr=0.1, momentum=0.9,
-                        weight_decay=1e-4, eval_every=10 ** 9, eval_sets=evals, eval_batch_size=1000,
-                        device=device, cuda_graph=True, crop_padding=4, crop_fill=fill, precision=precision,
-                        **VARIANTS[variant])
+                        spec, Replicates(lambda: create_model(model_name, seed=0, input_shape=shape, num_classes=10),
+                                         inits, masks, list(range(k))),
+                        ReplicateData(data["train"], evals, eval_batch_size=1000), device=device,
+                        augment=CropFlip(4, fill), options=StepOptions(**VARIANTS[variant]))
 
                 try:
                     warm = timed(lambda run=run: run(30))

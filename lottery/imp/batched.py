@@ -31,7 +31,7 @@ from lottery.imp.plan import LevelWork, level_rounds, level_work
 from lottery.models import create_model, prunable_names
 from lottery.pruning import Mask
 from lottery.tracking import RunStore
-from lottery.training.replicates import checkpoint_step, train_replicates
+from lottery.training.replicates import CropFlip, ReplicateData, Replicates, checkpoint_step, train_replicates
 from lottery.training.spec import LevelSpec
 
 log = logging.getLogger(__name__)
@@ -175,18 +175,15 @@ def _train_group(group: list[Member], device: torch.device) -> None:
         return create_model(config.model.name, seed=0, init=config.model.init, input_shape=info.input_shape,
                             num_classes=info.num_classes)
 
+    replicates = Replicates(model_fn, [m.start for m in group], [m.mask for m in group], data_seeds)
+    tensors = datamodule.tensors
+    data = ReplicateData(tensors["train"], {"val": tensors["val"], "test": tensors["test"]},
+                         datamodule.eval_batch_size)
+    augment = CropFlip(CROP_PADDING if datamodule.augment else 0, datamodule.crop_fill())
     began = time.perf_counter()
-    results = train_replicates(
-        model_fn, [m.start for m in group], [m.mask for m in group], datamodule.tensors["train"],
-        config.training.batch_size, data_seeds, spec.iterations, optimizer=spec.optimizer, lr=spec.lr,
-        momentum=spec.momentum, weight_decay=spec.weight_decay, milestones=spec.milestones, gamma=spec.gamma,
-        start_step=spec.start_step, eval_every=spec.eval_every,
-        eval_sets={"val": datamodule.tensors["val"], "test": datamodule.tensors["test"]},
-        eval_batch_size=datamodule.eval_batch_size, device=device, cuda_graph=config.training.cuda_graph,
-        checkpoints=[m.checkpoint for m in group], checkpoint_every=spec.checkpoint_every, rewind=rewind,
-        crop_padding=CROP_PADDING if datamodule.augment else 0, crop_fill=datamodule.crop_fill(),
-        precision=spec.precision,
-        progress=label if spec.progress_bar else None)
+    results = train_replicates(spec, replicates, data, device=device, augment=augment,
+                               checkpoints=[m.checkpoint for m in group], rewind=rewind,
+                               progress=label if spec.progress_bar else None)
     seconds = time.perf_counter() - began
     # Tickets first: a branch's W&B run references its level's mask and ticket artifacts.
     for member, result in sorted(zip(group, results, strict=True), key=lambda pair: bool(pair[0].plan.tag)):

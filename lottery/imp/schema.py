@@ -178,7 +178,8 @@ class IMPRunConfig:
                          gamma=t.gamma, eval_every=t.eval_every, checkpoint_every=t.checkpoint_every,
                          accelerator=tr.accelerator, devices=tr.devices, strategy=tr.strategy,
                          num_nodes=tr.num_nodes, deterministic=tr.deterministic, progress_bar=self.progress_bar,
-                         engine=t.engine, precision=t.precision)
+                         engine=t.engine, precision=t.precision, batch_size=t.batch_size,
+                         cuda_graph=t.cuda_graph)
 
 
 def register_imp_configs(cs: ConfigStore) -> None:

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 @dataclass
 class LevelSpec:
-    """Everything that defines the training of one level; both training engines read it."""
+    """Everything that defines the training of one level; every training engine reads it (the Trainer and
+    Fabric engines take the batch size from their datamodule, the batched engine from here)."""
 
     start_step: int
     iterations: int
@@ -27,3 +28,5 @@ class LevelSpec:
     progress_bar: bool = True
     engine: str = "trainer"  # trainer | fabric (see lottery.imp.schema.ENGINES; auto is resolved before this)
     precision: str = "32-true"  # Lightning's spelling: 32-true | bf16-mixed
+    batch_size: int = 60
+    cuda_graph: bool = False  # engine=batched on a GPU: replay the step as a CUDA graph (off unless asked)

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_replicates
 from test_fast import datamodule, spec
 from test_replicates import lenet, replicate_inputs
 
 from lottery.imp.level import seed_everything, train_level
 from lottery.models import create_model, prunable_names
 from lottery.pruning import Mask, magnitude_prune
-from lottery.training.replicates import train_replicates
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -48,7 +48,7 @@ def replicates(precision: str):
     train = (torch.randn(100, 1, 28, 28, generator=g), torch.randint(0, 10, (100,), generator=g))
     val = (torch.randn(30, 1, 28, 28, generator=g), torch.randint(0, 10, (30,), generator=g))
     inits, masks = replicate_inputs([0, 1])
-    runs = train_replicates(lenet, inits, masks, train, 20, [0, 1], 12, eval_every=5, eval_sets={"val": val},
+    runs = run_replicates(lenet, inits, masks, train, 20, [0, 1], 12, eval_every=5, eval_sets={"val": val},
                             precision=precision)
     return runs, masks
 

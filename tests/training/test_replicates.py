@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import killed_at
+from helpers import killed_at, run_replicates
 
 from lottery.data import BatchStream
 from lottery.models import create_model, prunable_names
 from lottery.pruning import Mask, magnitude_prune
 from lottery.training import replicates
 from lottery.training.optim import make_optimizer
-from lottery.training.replicates import checkpoint_step, train_replicates
+from lottery.training.replicates import checkpoint_step
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -81,7 +81,7 @@ def test_replicates_equal_separate_runs(opt: str) -> None:
     val = (torch.randn(30, 1, 28, 28, generator=g), torch.randint(0, 10, (30,), generator=g))
     seeds = [0, 1, 2]
     inits, masks = replicate_inputs(seeds)
-    runs = train_replicates(lenet, inits, masks, train, 20, seeds, 30, optimizer=opt,
+    runs = run_replicates(lenet, inits, masks, train, 20, seeds, 30, optimizer=opt,
                             lr=1e-3 if opt == "adam" else 0.05, momentum=0.9, weight_decay=1e-3, milestones=[15],
                             gamma=0.5, eval_every=10, eval_sets={"val": val}, eval_batch_size=16)
     for r, seed in enumerate(seeds):
@@ -141,8 +141,8 @@ def test_fused_optimizer_and_compiled_loss_equal_the_plain_step(opt: str) -> Non
     inits, masks, train, val = small_problem(seeds)
     kw = dict(optimizer=opt, lr=1e-3 if opt == "adam" else 0.05, momentum=0.9, weight_decay=1e-3,
               milestones=[12], gamma=0.5, eval_every=5, eval_sets={"val": val})
-    plain = train_replicates(lenet, inits, masks, train, 20, seeds, 23, **kw)
-    fast = train_replicates(lenet, inits, masks, train, 20, seeds, 23, fused_optimizer=True, compile_loss=True,
+    plain = run_replicates(lenet, inits, masks, train, 20, seeds, 23, **kw)
+    fast = run_replicates(lenet, inits, masks, train, 20, seeds, 23, fused_optimizer=True, compile_loss=True,
                             **kw)
     for r, (a, b) in enumerate(zip(plain, fast, strict=True)):
         assert [h["iteration"] for h in a.history] == [h["iteration"] for h in b.history]
@@ -164,9 +164,9 @@ def test_compiled_loss_is_kept_across_calls_and_falls_back_to_eager(monkeypatch,
     inits, masks, train, val = small_problem(seeds)
     kw = dict(eval_every=5, eval_sets={"val": val}, compile_loss=True)
     replicates._compiled_losses.clear()
-    first = train_replicates(lenet, inits, masks, train, 20, seeds, 6, **kw)
+    first = run_replicates(lenet, inits, masks, train, 20, seeds, 6, **kw)
     entry = next(iter(replicates._compiled_losses.values()))
-    again = train_replicates(lenet, inits, masks, train, 20, seeds, 6, **kw)
+    again = run_replicates(lenet, inits, masks, train, 20, seeds, 6, **kw)
     assert list(replicates._compiled_losses.values()) == [entry]
     assert first[1].history == again[1].history
 
@@ -178,9 +178,9 @@ def test_compiled_loss_is_kept_across_calls_and_falls_back_to_eager(monkeypatch,
     replicates._compiled_losses.clear()
     monkeypatch.setattr(replicates.torch, "compile", broken)
     with caplog.at_level("WARNING", logger="lottery.training.replicates"):
-        fallback = train_replicates(lenet, inits, masks, train, 20, seeds, 6, **kw)
+        fallback = run_replicates(lenet, inits, masks, train, 20, seeds, 6, **kw)
     assert "torch.compile failed on the training step (RuntimeError: backend exploded)" in caplog.text
-    plain = train_replicates(lenet, inits, masks, train, 20, seeds, 6, eval_every=5, eval_sets={"val": val})
+    plain = run_replicates(lenet, inits, masks, train, 20, seeds, 6, eval_every=5, eval_sets={"val": val})
     assert fallback[1].history == plain[1].history
     replicates._compiled_losses.clear()
 
@@ -191,12 +191,12 @@ def test_killed_group_resumes_bitwise(opt: str, tmp_path) -> None:
     inits, masks, train, val = small_problem(seeds)
     kw = dict(optimizer=opt, lr=1e-3 if opt == "adam" else 0.05, momentum=0.9, weight_decay=1e-3,
               milestones=[12], gamma=0.5, eval_every=5, eval_sets={"val": val})
-    whole = train_replicates(lenet, inits, masks, train, 20, seeds, 23, **kw)
+    whole = run_replicates(lenet, inits, masks, train, 20, seeds, 23, **kw)
     paths = [tmp_path / f"r{r}.ckpt" for r in range(2)]
     with pytest.raises(RuntimeError, match="simulated failure"), killed_at(replicates, 14):
-        train_replicates(lenet, inits, masks, train, 20, seeds, 23, checkpoints=paths, checkpoint_every=4, **kw)
+        run_replicates(lenet, inits, masks, train, 20, seeds, 23, checkpoints=paths, checkpoint_every=4, **kw)
     assert [checkpoint_step(p) for p in paths] == [12, 12]  # the last checkpoint before the kill
-    resumed = train_replicates(lenet, inits, masks, train, 20, seeds, 23, checkpoints=paths, checkpoint_every=4,
+    resumed = run_replicates(lenet, inits, masks, train, 20, seeds, 23, checkpoints=paths, checkpoint_every=4,
                                **kw)
     for a, b in zip(whole, resumed, strict=True):
         assert a.history == b.history
@@ -205,18 +205,18 @@ def test_killed_group_resumes_bitwise(opt: str, tmp_path) -> None:
     # Checkpoints of different steps cannot be stacked into one group.
     save_other = [tmp_path / "other.ckpt"]
     with pytest.raises(RuntimeError), killed_at(replicates, 9):
-        train_replicates(lenet, inits[1:], masks[1:], train, 20, seeds[1:], 23, checkpoints=save_other,
+        run_replicates(lenet, inits[1:], masks[1:], train, 20, seeds[1:], 23, checkpoints=save_other,
                          checkpoint_every=8, **kw)
     with pytest.raises(ValueError, match="different steps"):
-        train_replicates(lenet, inits, masks, train, 20, seeds, 23, checkpoints=[paths[0], save_other[0]], **kw)
+        run_replicates(lenet, inits, masks, train, 20, seeds, 23, checkpoints=[paths[0], save_other[0]], **kw)
 
 
 def test_rewind_state_is_captured_per_replicate() -> None:
     seeds = [0, 1]
     inits, masks, train, val = small_problem(seeds)
     captured: dict[int, dict] = {}
-    full = train_replicates(lenet, inits, masks, train, 20, seeds, 7, rewind=(4, captured.__setitem__))
-    short = train_replicates(lenet, inits, masks, train, 20, seeds, 4)
+    full = run_replicates(lenet, inits, masks, train, 20, seeds, 7, rewind=(4, captured.__setitem__))
+    short = run_replicates(lenet, inits, masks, train, 20, seeds, 4)
     assert sorted(captured) == [0, 1]
     for r in range(2):
         for name, value in short[r].state.items():
@@ -228,11 +228,11 @@ def test_bad_inputs_are_refused() -> None:
     inits, masks = replicate_inputs([0, 1])
     data = (torch.randn(40, 1, 28, 28), torch.randint(0, 10, (40,)))
     with pytest.raises(ValueError, match="one init and one mask per seed"):
-        train_replicates(lenet, inits, masks, data, 20, [0, 1, 2], 2)
+        run_replicates(lenet, inits, masks, data, 20, [0, 1, 2], 2)
     with pytest.raises(ValueError, match="adam or sgd"):
-        train_replicates(lenet, inits, masks, data, 20, [0, 1], 2, optimizer="rmsprop")
+        run_replicates(lenet, inits, masks, data, 20, [0, 1], 2, optimizer="rmsprop")
     with pytest.raises(ValueError, match="init 0 lacks running_mean, running_var, num_batches_tracked"):
-        train_replicates(lambda: torch.nn.BatchNorm1d(3), [{"weight": torch.ones(3), "bias": torch.zeros(3)}],
+        run_replicates(lambda: torch.nn.BatchNorm1d(3), [{"weight": torch.ones(3), "bias": torch.zeros(3)}],
                          [None], data, 20, [0], 2)
 
 
@@ -252,7 +252,7 @@ def test_conv_replicates_equal_separate_runs() -> None:
         inits.append({k: v.clone() for k, v in model.state_dict().items()})
         masks.append(magnitude_prune(dict(model.named_parameters()), Mask.ones(model, names), 1,
                                      {n: 0.3 for n in names}, 0.3))
-    runs = train_replicates(conv2, inits, masks, train, 20, [0, 1], 6, lr=1e-3, weight_decay=1e-3,
+    runs = run_replicates(conv2, inits, masks, train, 20, [0, 1], 6, lr=1e-3, weight_decay=1e-3,
                             milestones=[15], gamma=0.5)
     for r in range(2):
         want, _ = plain_run(inits[r], masks[r], train, r, "adam", 6, None, model_fn=conv2)
@@ -287,7 +287,7 @@ def test_batchnorm_and_augmentation_replicates_equal_separate_runs_in_float64(fa
         inits.append({k: v.clone() for k, v in model.state_dict().items()})
         masks.append(magnitude_prune(dict(model.named_parameters()), Mask.ones(model, names), 1,
                                      {n: 0.3 for n in names}, 0.3))
-    runs = train_replicates(resnet, inits, masks, train, 10, [0, 1], 4, optimizer="sgd", lr=0.05, momentum=0.9,
+    runs = run_replicates(resnet, inits, masks, train, 10, [0, 1], 4, optimizer="sgd", lr=0.05, momentum=0.9,
                             weight_decay=1e-4, eval_every=2, eval_sets={"val": val}, crop_padding=4, crop_fill=fill,
                             fused_optimizer=fast, compile_loss=fast)
     for r in range(2):

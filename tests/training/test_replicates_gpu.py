@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import killed_at
+from helpers import killed_at, run_replicates
 
 from lottery.models import create_model, prunable_names
 from lottery.pruning import Mask, magnitude_prune
 from lottery.training import replicates
-from lottery.training.replicates import train_replicates
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -41,14 +40,14 @@ def test_cuda_graph_step_equals_eager_and_cpu(opt: str, tmp_path) -> None:
               milestones=[37, 80], gamma=0.3, eval_every=25, eval_sets={"val": val})
     # 100 steps over 10-batch epochs: 10 order refreshes and two lr milestones (two re-captures), with a
     # checkpoint-and-resume in the middle of the graphed run.
-    eager = train_replicates(lenet, inits, masks, train, 60, [0, 1, 2, 3], 100, device="cuda", **kw)
+    eager = run_replicates(lenet, inits, masks, train, 60, [0, 1, 2, 3], 100, device="cuda", **kw)
     paths = [tmp_path / f"{r}.ckpt" for r in range(4)]
     with pytest.raises(RuntimeError, match="simulated failure"), killed_at(replicates, 45):
-        train_replicates(lenet, inits, masks, train, 60, [0, 1, 2, 3], 100, device="cuda", cuda_graph=True,
+        run_replicates(lenet, inits, masks, train, 60, [0, 1, 2, 3], 100, device="cuda", cuda_graph=True,
                          checkpoints=paths, checkpoint_every=30, **kw)
-    graphed = train_replicates(lenet, inits, masks, train, 60, [0, 1, 2, 3], 100, device="cuda", cuda_graph=True,
+    graphed = run_replicates(lenet, inits, masks, train, 60, [0, 1, 2, 3], 100, device="cuda", cuda_graph=True,
                                checkpoints=paths, checkpoint_every=30, **kw)
-    cpu = train_replicates(lenet, inits, masks, train, 60, [0, 1, 2, 3], 100, device="cpu", **kw)
+    cpu = run_replicates(lenet, inits, masks, train, 60, [0, 1, 2, 3], 100, device="cpu", **kw)
     for r in range(4):
         for other in (graphed[r], cpu[r]):
             assert [h["iteration"] for h in other.history] == [h["iteration"] for h in eager[r].history]
@@ -78,8 +77,8 @@ def test_cuda_graph_with_batchnorm_and_augmentation_in_float64() -> None:
               .double().state_dict().items()} for s in range(3)]
     kw = dict(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=1e-4, milestones=[9], gamma=0.5, eval_every=6,
               eval_sets={"val": val}, crop_padding=4, crop_fill=fill)
-    cpu = train_replicates(resnet, inits, [None] * 3, train, 10, [0, 1, 2], 15, device="cpu", **kw)
-    graphed = train_replicates(resnet, inits, [None] * 3, train, 10, [0, 1, 2], 15, device="cuda", cuda_graph=True,
+    cpu = run_replicates(resnet, inits, [None] * 3, train, 10, [0, 1, 2], 15, device="cpu", **kw)
+    graphed = run_replicates(resnet, inits, [None] * 3, train, 10, [0, 1, 2], 15, device="cuda", cuda_graph=True,
                                **kw)
     for a, b in zip(graphed, cpu, strict=True):
         for name, value in b.state.items():
@@ -91,9 +90,9 @@ def test_bf16_mixed_under_a_cuda_graph_equals_eager_bf16() -> None:
     """The autocast in the captured step recomputes its casts every replay (no autocast cache)."""
     inits, masks, train, val = problem(2)
     kw = dict(eval_every=25, eval_sets={"val": val}, device="cuda", precision="bf16-mixed")
-    eager = train_replicates(lenet, inits, masks, train, 60, [0, 1], 60, **kw)
-    graphed = train_replicates(lenet, inits, masks, train, 60, [0, 1], 60, cuda_graph=True, **kw)
-    fp32 = train_replicates(lenet, inits, masks, train, 60, [0, 1], 60, cuda_graph=True, eval_every=25,
+    eager = run_replicates(lenet, inits, masks, train, 60, [0, 1], 60, **kw)
+    graphed = run_replicates(lenet, inits, masks, train, 60, [0, 1], 60, cuda_graph=True, **kw)
+    fp32 = run_replicates(lenet, inits, masks, train, 60, [0, 1], 60, cuda_graph=True, eval_every=25,
                             eval_sets={"val": val}, device="cuda")
     for r in range(2):
         for a, b, c in zip(graphed[r].history, eager[r].history, fp32[r].history, strict=True):
