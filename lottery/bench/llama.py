@@ -141,26 +141,37 @@ class _Stub(nn.Module):
         return y
 
 
-def build_models(d: LlamaDims, dtype: torch.dtype, max_batch: int, max_len: int,
-                 sparse_linear: Callable[[Tensor, str], nn.Module], seed: int = 0,
-                 device: str = "cuda") -> dict[str, TinyLlama]:
-    """Dense (2:4-masked weights), sparse (`sparse_linear(masked weight, name)`) and stub models sharing the
-    rest."""
+RandFn = Callable[..., Tensor]
+
+
+def shared_parts(d: LlamaDims, dtype: torch.dtype, max_len: int, device: str, seed: int = 0
+                 ) -> tuple[RandFn, Tensor, Tensor, Tensor, tuple[Tensor, Tensor]]:
+    """What every benchmark model variant shares: the seeded source of random weights (`rand(*shape, std=)`;
+    later draws continue its sequence), the embedding, the head, the final norm and the RoPE (cos, sin) tables."""
     g = torch.Generator(device=device).manual_seed(seed)
-    hd = d.hidden // d.heads
-    shapes = {"q": (d.hidden, d.hidden), "k": (d.kv_heads * hd, d.hidden), "v": (d.kv_heads * hd, d.hidden),
-              "o": (d.hidden, d.hidden), "gate": (d.intermediate, d.hidden), "up": (d.intermediate, d.hidden),
-              "down": (d.hidden, d.intermediate)}
 
     def rand(*shape: int, std: float = 0.02) -> Tensor:
         return (torch.randn(shape, device=device, generator=g) * std).to(dtype)
 
     embed, head = rand(d.vocab, d.hidden), rand(d.vocab, d.hidden)
     norm = torch.ones(d.hidden, device=device, dtype=dtype)
+    hd = d.hd
     inv = 1.0 / (d.rope_theta ** (torch.arange(0, hd, 2, device=device).float() / hd))
     ang = torch.outer(torch.arange(max_len, device=device).float(), inv)
     ang = torch.cat((ang, ang), dim=-1)
-    rope = (ang.cos().to(dtype), ang.sin().to(dtype))
+    return rand, embed, head, norm, (ang.cos().to(dtype), ang.sin().to(dtype))
+
+
+def build_models(d: LlamaDims, dtype: torch.dtype, max_batch: int, max_len: int,
+                 sparse_linear: Callable[[Tensor, str], nn.Module], seed: int = 0,
+                 device: str = "cuda") -> dict[str, TinyLlama]:
+    """Dense (2:4-masked weights), sparse (`sparse_linear(masked weight, name)`) and stub models sharing the
+    rest."""
+    hd = d.hidden // d.heads
+    shapes = {"q": (d.hidden, d.hidden), "k": (d.kv_heads * hd, d.hidden), "v": (d.kv_heads * hd, d.hidden),
+              "o": (d.hidden, d.hidden), "gate": (d.intermediate, d.hidden), "up": (d.intermediate, d.hidden),
+              "down": (d.hidden, d.intermediate)}
+    rand, embed, head, norm, rope = shared_parts(d, dtype, max_len, device, seed)
     cache = [(rand(max_batch, d.kv_heads, max_len, hd, std=1.0), rand(max_batch, d.kv_heads, max_len, hd, std=1.0))
              for _ in range(d.layers)]
     blocks: dict[str, list[Block]] = {"dense": [], "sparse": [], "stub": []}

@@ -22,10 +22,10 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from lottery.bench.glue import DenseT, GlueBlock, GlueLlama, StubT
-from lottery.bench.llama import Block, LlamaDims, TinyLlama, _Dense, _Stub
+from lottery.bench.llama import Block, LlamaDims, TinyLlama, _Dense, _Stub, shared_parts
 from lottery.pruning.nm import nm_mask
 
 __all__ = ["SPARSE_VARIANTS", "VARIANTS", "build_variants", "block_shapes"]
@@ -56,18 +56,8 @@ def build_variants(d: LlamaDims, dtype: torch.dtype, max_batch: int, max_len: in
     bad = [v for v in variants if v not in VARIANTS]
     if bad:
         raise ValueError(f"unknown variants {bad}; known: {VARIANTS}")
-    g = torch.Generator(device=device).manual_seed(seed)
-
-    def rand(*shape: int, std: float = 0.02) -> Tensor:
-        return (torch.randn(shape, device=device, generator=g) * std).to(dtype)
-
-    embed, head = rand(d.vocab, d.hidden), rand(d.vocab, d.hidden)
-    norm = torch.ones(d.hidden, device=device, dtype=dtype)
+    rand, embed, head, norm, rope = shared_parts(d, dtype, max_len, device, seed)
     hd = d.hd
-    inv = 1.0 / (d.rope_theta ** (torch.arange(0, hd, 2, device=device).float() / hd))
-    ang = torch.outer(torch.arange(max_len, device=device).float(), inv)
-    ang = torch.cat((ang, ang), dim=-1)
-    rope = (ang.cos().to(dtype), ang.sin().to(dtype))
     cache = [(rand(max_batch, d.kv_heads, max_len, hd, std=1.0), rand(max_batch, d.kv_heads, max_len, hd, std=1.0))
              for _ in range(d.layers)]
     need_sparse = any(v in SPARSE_VARIANTS for v in variants)

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lottery.bench.llama import Block, DenseLinear, LlamaDims, TinyLlama, llama7b_dims
+from lottery.bench.llama import Block, DenseLinear, LlamaDims, TinyLlama, llama7b_dims, shared_parts
 
 __all__ = ["NARROWINGS", "WidthRow", "bench_width", "build_width_models", "main", "narrowed_dims", "tiny_dims"]
 
@@ -69,18 +69,8 @@ def _slice(w: dict[str, Tensor], n: LlamaDims) -> dict[str, Tensor]:
 def build_width_models(d: LlamaDims, variants: dict[str, tuple[float, float]], dtype: torch.dtype,
                        max_batch: int, max_len: int, device: str, seed: int = 0) -> dict[str, TinyLlama]:
     """The dense model and each narrowed copy (keys of `variants`), sharing everything outside the blocks."""
-    g = torch.Generator(device=device).manual_seed(seed)
-
-    def rand(*shape: int, std: float = 0.02) -> Tensor:
-        return (torch.randn(shape, device=device, generator=g) * std).to(dtype)
-
-    embed, head = rand(d.vocab, d.hidden), rand(d.vocab, d.hidden)
-    norm = torch.ones(d.hidden, device=device, dtype=dtype)
+    rand, embed, head, norm, rope = shared_parts(d, dtype, max_len, device, seed)
     hd = d.hd
-    inv = 1.0 / (d.rope_theta ** (torch.arange(0, hd, 2, device=device).float() / hd))
-    ang = torch.outer(torch.arange(max_len, device=device).float(), inv)
-    ang = torch.cat((ang, ang), dim=-1)
-    rope = (ang.cos().to(dtype), ang.sin().to(dtype))
     dense_blocks = [_block_weights(d, rand) for _ in range(d.layers)]
     models = {}
     for name, (mlp, heads) in variants.items():
