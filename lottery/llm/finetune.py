@@ -25,7 +25,7 @@ from lottery.llm.calibration import model_max_length
 from lottery.llm.checkpoint import load_pruned, save_pruned
 from lottery.llm.finetune_loop import LoopSpec, train_masked
 from lottery.llm.finetune_schema import source_config, validate_finetune
-from lottery.llm.job import _tokenized, build_subject, dense_score, model_folder
+from lottery.llm.job import build_subject, dense_score, model_folder, tokenized_corpus
 from lottery.llm.lora import add_lora, merge_under_mask
 from lottery.tracking import RunStore, load_json, save_json
 from lottery.tracking.atomic import atomic_dir
@@ -109,7 +109,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     src_result = load_json(source / "result.json")
     subject = build_subject(src_cfg)
     folder = model_folder(src_cfg)
-    ids = _tokenized(subject.tokenizer, folder, f.corpus, f.text)[0].reshape(-1)
+    ids = tokenized_corpus(subject.tokenizer, folder, f.corpus, f.text)[0].reshape(-1)
     with RunStore(source, run_key(cfg, source, device), prefix="finetune") as store:
         log.info("Run folder: %s", store.path)
         if store.file("result.json").exists():

@@ -138,7 +138,7 @@ def model_folder(cfg: DictConfig) -> str:
 _TOKENS: dict[tuple[str, str, str | None], tuple[torch.Tensor, str]] = {}
 
 
-def _tokenized(tokenizer: Any, folder: str, corpus: str, path: str | None) -> tuple[torch.Tensor, str]:
+def tokenized_corpus(tokenizer: Any, folder: str, corpus: str, path: str | None) -> tuple[torch.Tensor, str]:
     """(ids [1, L], description) of a calibration corpus (or, with corpus "file", any text file)."""
     key = (folder, corpus, path)
     if key not in _TOKENS:
@@ -154,13 +154,13 @@ def _hf_causal_subject(cfg: DictConfig) -> Subject:
     load, tokenizer = _load_hf(cfg, folder, encoder=False)
     model = load()
     c, e = cfg.calibration, cfg.eval
-    ids, described = _tokenized(tokenizer, folder, c.get("corpus", "file"), c.text)
+    ids, described = tokenized_corpus(tokenizer, folder, c.get("corpus", "file"), c.text)
     seqlen = min(c.seqlen, model_max_length(model) or c.seqlen)
     calib_ids = sample_segments(ids, c.nsamples, seqlen, c.seed)
     described = f"{described}: {c.nsamples} windows x {seqlen} tokens, seed {c.seed}"
     log.info("Calibration text: %s", described)
     seqlen = min(e.seqlen, model_max_length(model) or e.seqlen)
-    eval_ids = _tokenized(tokenizer, folder, "file", e.text)[0].reshape(-1)
+    eval_ids = tokenized_corpus(tokenizer, folder, "file", e.text)[0].reshape(-1)
     if e.max_chunks:
         eval_ids = eval_ids[: e.max_chunks * seqlen]
     device = _device(cfg)
