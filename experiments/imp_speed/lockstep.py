@@ -141,7 +141,7 @@ def lenet(args: argparse.Namespace, device: torch.device) -> None:
                    ms_per_replicate_it=1e3 * med / args.iterations / k, x_foreach=med / base[mode])
         if args.profile and k == 10:
             for variant in ("foreach", "fused+compiled"):
-                profile(args.out / f"profile_lenet_k10_{variant}.txt", lambda v=variant: run(v, 300), 300)
+                profile(args.out / f"profile_lenet_k10_{variant.replace('+', '_')}.txt", lambda v=variant: run(v, 300), 300)
 
 
 def profile(path: Path, fn: Callable[[], Any], iterations: int) -> None:

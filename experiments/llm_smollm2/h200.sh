@@ -51,7 +51,7 @@ export KEEP_RUNS=$KEEP/runs PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_
 'transformers', transformers.__version__, 'gguf', getattr(gguf, '__version__', '?'), 'peft', peft.__version__)"; } \
   | tee "$OUT/machine.txt"
 pack() { tar czf "$OUT/runs.tgz" -C "$KEEP/runs" --exclude='model' --exclude='hydra' --exclude='.lock' \
-  --exclude='checkpoints' --exclude='wandb' . && ls -la "$OUT"; }
+  --exclude='checkpoints' --exclude='wandb' --exclude='*.pt' --exclude='*.ckpt' . && ls -la "$OUT"; }
 
 if [ "$stage" = steps ]; then  # one command per line of $3; each line's output goes to $OUT/steps.log
   left() { echo $(( ${CALL_SECONDS:-570} - (SECONDS - began) )); }
