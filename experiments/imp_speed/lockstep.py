@@ -41,8 +41,9 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from lottery.models import create_model, prunable_names  # noqa: E402
-from lottery.pruning import Mask, magnitude_prune  # noqa: E402
+from experiments.imp_speed.bench import make_data, pruned  # noqa: E402
+from lottery.models import create_model  # noqa: E402
+from lottery.pruning import Mask  # noqa: E402
 from lottery.training.replicates import (  # noqa: E402
     CropFlip,
     ReplicateData,
@@ -77,22 +78,10 @@ def record(**row: Any) -> None:
     say("  " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
 
 
-def make_data(shape: tuple[int, ...], sizes: tuple[int, int, int], device: torch.device
-              ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    g = torch.Generator().manual_seed(0)
-    return {name: (torch.randn(n, *shape, generator=g).to(device), torch.randint(0, 10, (n,), generator=g).to(device))
-            for name, n in zip(("train", "val", "test"), sizes, strict=True)}
-
-
 def replicate_inputs(model_name: str, shape: tuple[int, ...], k: int) -> tuple[list[dict], list[Mask]]:
-    inits, masks = [], []
-    for seed in range(k):
-        model = create_model(model_name, seed=seed, input_shape=shape, num_classes=10)
-        names = [n for n in prunable_names(model) if n != "head.weight" or model_name == "lenet_300_100"]
-        masks.append(magnitude_prune(dict(model.named_parameters()), Mask.ones(model, names), 3,
-                                     {n: 0.2 for n in names}, 0.2))
-        inits.append({n: v.clone() for n, v in model.state_dict().items()})
-    return inits, masks
+    """K seeds' θ0 and ~49%-pruned masks, as bench.py builds one."""
+    inits, masks = zip(*(pruned(model_name, shape, seed) for seed in range(k)), strict=True)
+    return list(inits), list(masks)
 
 
 def sync() -> None:
@@ -110,7 +99,7 @@ def timed(fn: Callable[[], Any]) -> float:
 
 def lenet(args: argparse.Namespace, device: torch.device) -> None:
     shape = (1, 28, 28)
-    data = make_data(shape, args.lenet_sizes, device)
+    data = make_data(shape, *args.lenet_sizes, device)
     evals = {"val": data["val"], "test": data["test"]}
     for k in (1, 10):
         inits, masks = replicate_inputs("lenet_300_100", shape, k)
@@ -165,7 +154,7 @@ def profile(path: Path, fn: Callable[[], Any], iterations: int) -> None:
 
 def resnet(args: argparse.Namespace, device: torch.device) -> None:
     shape = (3, 32, 32)
-    data = make_data(shape, args.cifar_sizes, device)
+    data = make_data(shape, *args.cifar_sizes, device)
     evals = {"test": data["test"]}
     fill = torch.zeros(3)
     settings = [  # (label, variant, deterministic, tf32, precision)
