@@ -33,6 +33,10 @@ def parser() -> argparse.ArgumentParser:
                    help="a config override appended to every run of the figure (repeatable)")
     p.add_argument("--out", type=Path, default=Path("figures"), help="output folder (default ./figures)")
     p.add_argument("--no-run", action="store_true", help="only read the store; exit 1 naming missing runs")
+    p.add_argument("--only", default="", metavar="SERIES[,SERIES]",
+                   help="train only the missing runs of these series (the first part of the figure's run keys, "
+                        "e.g. pai: imp or snip,grasp; instability: seeds) and draw nothing: splits one figure's "
+                        "training over machines or calls, whose run stores then merge")
     return p
 
 
@@ -48,7 +52,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.seeds < 1:
         print(f"error: --seeds={args.seeds} must be at least 1", file=sys.stderr)
         return EXIT_BAD_INPUT
-    options = Options(seeds=args.seeds, overrides=list(args.overrides), out=args.out, run_missing=not args.no_run)
+    only = tuple(name for name in args.only.split(",") if name)
+    if only and args.no_run:
+        print("error: --only trains runs; it cannot go with --no-run", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    options = Options(seeds=args.seeds, overrides=list(args.overrides), out=args.out, run_missing=not args.no_run,
+                      only=only)
     try:
         paths = FIGURES[args.name].render(options)
     except MissingRuns as err:
@@ -59,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     for path in paths:
         print(path)
+    if only:
+        print(f"trained the missing runs of {', '.join(only)}; run without --only to draw {args.name}")
     return 0
 
 

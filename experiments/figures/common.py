@@ -17,6 +17,7 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from lottery.errors import LotteryError
 from lottery.imp.auto import resolve_auto
 from lottery.imp.branches import branch_levels as imp_branch_levels
 from lottery.imp.instability_schema import instability_folders
@@ -50,6 +51,24 @@ class Options:
     overrides: list[str] = field(default_factory=list)  # --set: appended to every run's overrides (they win)
     out: Path = Path("figures")
     run_missing: bool = True
+    only: tuple[str, ...] = ()  # --only: train just these series (a run key's first part), draw nothing
+
+
+def series_of(spec: RunSpec) -> str:
+    """The series a run belongs to inside its figure: the first part of its key (a method, a seed, ...)."""
+    return str(spec.key[0])
+
+
+def select_series(specs: Sequence[RunSpec], only: Sequence[str]) -> list[RunSpec]:
+    """The specs of the series named in `only` (all of them when it is empty); an unknown name is an error, so a
+    typo cannot silently train nothing."""
+    if not only:
+        return list(specs)
+    known = list(dict.fromkeys(series_of(s) for s in specs))
+    unknown = [name for name in only if name not in known]
+    if unknown:
+        raise LotteryError(f"--only {','.join(unknown)}: no such series; this figure has {', '.join(known)}")
+    return [s for s in specs if series_of(s) in only]
 
 
 class MissingRuns(Exception):
@@ -191,7 +210,9 @@ class Figure:
     draw: Callable[[dict[tuple[Any, ...], Run], Options, Path], list[Path]]
 
     def render(self, options: Options) -> list[Path]:
-        runs = gather(self.runs(options), options)
+        runs = gather(select_series(self.runs(options), options.only), options)
+        if options.only:  # a part of the figure's training (e.g. one machine's share); the figure needs them all
+            return []
         out = options.out / self.name
         out.mkdir(parents=True, exist_ok=True)
         return self.draw(runs, options, out)

@@ -32,6 +32,7 @@ from experiments.figures.common import (
     is_complete,
     lockstep,
     run_folder,
+    select_series,
 )
 from lottery.imp.batched import run_batched
 from lottery.imp.schema import IMPRunConfig
@@ -136,7 +137,7 @@ class PaiFigure(Figure):
 
     def render(self, options: Options) -> list[Path]:
         runs, missing = {}, []
-        for spec in self.runs(options):  # each config composed once: 130 runs at 5 seeds
+        for spec in select_series(self.runs(options), options.only):  # each config composed once: 130 at 5 seeds
             cfg = compose_run([*spec.overrides, *options.overrides])
             runs[spec.key] = Run(spec, cfg, run_folder(cfg))
             if not is_complete(cfg, runs[spec.key].path):
@@ -144,6 +145,8 @@ class PaiFigure(Figure):
         if missing and not options.run_missing:
             raise MissingRuns(missing, options.overrides)
         train_missing([runs[spec.key].cfg for spec, _ in missing])
+        if options.only:  # only a part of the figure's training
+            return []
         out = options.out / self.name
         out.mkdir(parents=True, exist_ok=True)
         return self.draw(runs, options, out)

@@ -66,3 +66,25 @@ def test_instability_figure_from_small_real_runs(tmp_path: Path, mnist_root: Pat
     assert {r["n"] for r in rows} == {"2"}
     assert {(r["level"], r["k"]) for r in rows if r["panel"] == "barrier"} == {("0", "0"), ("0", "20"), ("1", "0"),
                                                                                 ("1", "20")}
+
+
+def test_only_names_a_known_series_and_cannot_go_with_no_run(capsys) -> None:
+    assert main(["instability", "--only", "7", "--seeds", "2", *_args(*H200_SET)]) == 2
+    assert "--only 7: no such series; this figure has 0, 1" in capsys.readouterr().err
+    assert main(["instability", "--only", "0", "--no-run", *_args(*H200_SET)]) == 2
+    assert "cannot go with --no-run" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_only_trains_one_series_and_draws_nothing(tmp_path: Path, mnist_root: Path, monkeypatch) -> None:
+    monkeypatch.setenv("LOTTERY_RUNS", str(tmp_path / "store"))
+    small = (*TINY[1:], "logger=none", "imp.levels=1", "branch.levels=[1]", "branch.rewind_to=[0]",
+             "branch.points=3", "training.engine=batched")
+    out = tmp_path / "figures"
+    assert main(["instability", "--seeds", "2", "--only", "1", "--out", str(out), *_args(*small)]) == 0
+    assert not (out / "instability").exists()
+    # seed 1 is in the store now; seed 0 is still missing, and only it
+    assert main(["instability", "--seeds", "2", "--no-run", "--out", str(out), *_args(*small)]) == 1
+    assert main(["instability", "--seeds", "2", "--only", "0", "--out", str(out), *_args(*small)]) == 0
+    assert main(["instability", "--seeds", "2", "--no-run", "--out", str(out), *_args(*small)]) == 0
+    assert (out / "instability" / "instability.csv").stat().st_size > 0
