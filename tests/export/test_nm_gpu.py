@@ -31,7 +31,8 @@ def test_triton_kernels_on_gpu(dtype):
                                 impl="torch")
         got = fused.rope_heads(xt, cos, sin, 5, torch.empty(b, heads, t, hd, device="cuda", dtype=dtype), t, rotate,
                                impl="triton")
-        assert _rel(got, want) <= 1e-3
+        # one rounding of the output apart: bf16 keeps 8 significant bits (unit roundoff 3.9e-3), fp16 11
+        assert _rel(got, want) <= (1e-3 if dtype == torch.float16 else 4e-3)
     xh, w = torch.randn(4096, 40, device="cuda", generator=g).to(dtype), torch.randn(4096, device="cuda").to(dtype)
     assert _rel(fused.rms_norm_cols(xh, w, 1e-6, impl="triton"), fused.rms_norm_cols(xh, w, 1e-6, impl="torch")) <= 4e-3
     gg, uu = x, torch.randn_like(x)
@@ -53,7 +54,8 @@ def test_cslt_weight_both_layouts(dtype, tokens):
     tol = max(1e-3, 2 * _rel(F.linear(x, w).t(), exact))  # the export tests' tolerance
     for b in (x.t(), x.t().contiguous()):
         assert _rel(cw.mm_t(b), exact) <= tol
-    assert len(cw.configs) == 2
+    # one search config per operand layout; a single column is contiguous either way, so it has one layout
+    assert len(cw.configs) == (1 if tokens == 1 else 2)
 
 
 def test_cslt_weight_int8_exact_and_fp16_out():
