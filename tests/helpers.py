@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -134,3 +135,14 @@ def run_replicates(model_fn: Callable[[], torch.nn.Module], inits: Sequence[Mapp
                             augment=CropFlip(crop_padding, crop_fill),
                             options=StepOptions(fused_optimizer, compile_loss), checkpoints=checkpoints,
                             rewind=rewind, progress=progress)
+
+
+def cpu_identity() -> str:
+    """The processor's model name and the ISA torch dispatches to: what decides the BLAS kernels' rounding."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name} / {torch.backends.cpu.get_cpu_capability()}"

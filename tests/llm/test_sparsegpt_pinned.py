@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import cpu_identity
 
 from lottery.llm import sparsegpt_prune
 
@@ -56,17 +57,6 @@ def cases() -> dict[str, dict]:
     W, H = _layer(4, 8, 32, rank=8)  # rank-deficient H and no damping: the retry path adds damping
     out["singular_retry"] = dict(W=W, H=H, sparsity=0.5, blocksize=16, percdamp=0.0)
     return out
-
-
-def cpu_identity() -> str:
-    """The processor's model name and the ISA torch dispatches to: what decides the BLAS kernels' rounding."""
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
-    except OSError:
-        pass
-    return f"{name} / {torch.backends.cpu.get_cpu_capability()}"
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
