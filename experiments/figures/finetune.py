@@ -41,12 +41,12 @@ def collect(root: Path) -> list[dict[str, Any]]:
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The table: dense, pruned and fine-tuned perplexity and the fraction of the pruning gap closed."""
-    lines = ["| Method | Sparsity | Mode | Loss | Steps | Tokens | Train s | Dense | Pruned | Fine-tuned | Gap closed |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| Method | Sparsity | Mode | Loss | Steps | LR | Tokens | Train s | Dense | Pruned | Fine-tuned | Gap closed |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         sparsity = "50%" if r["pattern"] == "unstructured" and abs(r["sparsity"] - 0.5) < 0.01 else (
             r["pattern"] if r["pattern"] != "unstructured" else f"{100 * r['sparsity']:.1f}%")
-        lines.append(f"| {r['method']} | {sparsity} | {r['mode']} | {r.get('loss', 'lm')} | {r['steps']} | "
+        lines.append(f"| {r['method']} | {sparsity} | {r['mode']} | {r.get('loss', 'lm')} | {r['steps']} | {r['lr']:g} | "
                      f"{r['tokens_seen']:,} | "
                      f"{r['train_seconds']:.1f} | {r['dense_ppl']:.2f} | {r['source_ppl']:.2f} | "
                      f"{r['finetuned_ppl']:.2f} | {100 * r['gap_closed']:.1f}% |")
